@@ -1,0 +1,197 @@
+"""The ``sandboxd`` command line.
+
+    sandboxd run [options] -- PROGRAM [ARG…]    run one program in a jail
+    sandboxd policy check FILE…                  validate policy files
+    sandboxd policy show NAME|FILE               the fully resolved policy and its hash
+    sandboxd profile check FILE…                 load seccomp profiles, list skipped rules
+    sandboxd profile show NAME [--arch ARCH]     the effective allow/deny table
+    sandboxd doctor [--json]                     what this host can give each layer
+
+Bad input (a malformed policy, a missing path) prints one line and exits 2, never a traceback.
+Heavy modules are imported inside the commands: ``run`` forks the spawner from this process,
+and a lean process forks faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import uuid
+from typing import Sequence
+
+from sandboxd.errors import LayerUnavailable, SandboxdInputError
+from sandboxd.result import EXIT_SETUP_FAILED, EXIT_USAGE
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, as for every bad input
+        self.exit(EXIT_USAGE, f"sandboxd: {message}\n")
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"--env takes KEY=VALUE, got {text!r}")
+    return name, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sandboxd", description="Run untrusted programs in hardened sandboxes.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run one program in a jail")
+    run.add_argument("--policy", default="default", help="policy name or file (default: default)")
+    run.add_argument("--ro-bind", nargs=2, action="append", default=[], metavar=("SRC", "DEST"))
+    run.add_argument("--bind", nargs=2, action="append", default=[], metavar=("SRC", "DEST"))
+    run.add_argument("--tmpfs", action="append", default=[], metavar="DEST")
+    run.add_argument("--workdir", metavar="HOSTDIR", help="host directory mounted read-write at the work path")
+    run.add_argument("--env", action="append", type=_env_pair, default=[], metavar="KEY=VALUE")
+    run.add_argument("--stdin", metavar="FILE")
+    run.add_argument("--stdout", metavar="FILE")
+    run.add_argument("--stderr", metavar="FILE")
+    run.add_argument("--net", choices=("none", "loopback"))
+    run.add_argument("--hostname")
+    run.add_argument("--result", metavar="FILE|-", help="write the JSON result here ('-' = stdout)")
+    run.add_argument("--wall-time-limit", type=float, metavar="SEC")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- PROGRAM [ARG…]")
+
+    policy = commands.add_parser("policy", help="check and show policies")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True, parser_class=_Parser)
+    check = policy_commands.add_parser("check", help="validate policy files")
+    check.add_argument("files", nargs="+")
+    show = policy_commands.add_parser("show", help="the resolved policy and its content hash")
+    show.add_argument("name")
+
+    profile = commands.add_parser("profile", help="check and show seccomp profiles")
+    profile_commands = profile.add_subparsers(dest="profile_command", required=True, parser_class=_Parser)
+    pcheck = profile_commands.add_parser("check", help="load seccomp profiles")
+    pcheck.add_argument("files", nargs="+")
+    pshow = profile_commands.add_parser("show", help="the effective allow/deny table")
+    pshow.add_argument("name")
+    pshow.add_argument("--arch", default="native")
+
+    doctor = commands.add_parser("doctor", help="what this host can give each layer")
+    doctor.add_argument("--json", action="store_true")
+    return parser
+
+
+def _open_stdio(args: argparse.Namespace) -> tuple[int, int, int]:
+    """The job's stdio: the named files, else ours. Opened here, with the caller's rights."""
+    def open_or(path: str | None, flags: int, default: int, flag: str) -> int:
+        if path is None:
+            return default
+        try:
+            return os.open(path, flags | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise SandboxdInputError(f"{flag} {path}: {exc.strerror}") from None
+
+    out_flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    return (open_or(args.stdin, os.O_RDONLY, 0, "--stdin"),
+            open_or(args.stdout, out_flags, 1, "--stdout"),
+            open_or(args.stderr, out_flags, 2, "--stderr"))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from sandboxd.policy.compile import compile_template
+    from sandboxd.policy.load import Overrides, apply_overrides, load_policy
+    from sandboxd.jail.plan import JobSpec
+
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise SandboxdInputError("run: no program given (sandboxd run [options] -- PROGRAM [ARG…])")
+    if args.workdir is not None and not os.path.isdir(args.workdir):
+        raise SandboxdInputError(f"--workdir {args.workdir}: not a directory")
+    mounts = tuple([("--ro-bind", s, d) for s, d in args.ro_bind] + [("--bind", s, d) for s, d in args.bind]
+                   + [("--tmpfs", "", d) for d in args.tmpfs])
+    loaded = apply_overrides(load_policy(args.policy),
+                             Overrides(mounts=mounts, network=args.net, hostname=args.hostname))
+    template = compile_template(loaded)
+    job = JobSpec(job_id=uuid.uuid4().hex, argv=tuple(argv), env=tuple(args.env),
+                  workdir=os.path.abspath(args.workdir) if args.workdir else None)
+    stdio = _open_stdio(args)
+
+    from sandboxd.spawner.client import SpawnerClient
+    from sandboxd.supervise.runner import run_job
+
+    with SpawnerClient.start_forked() as client:
+        outcome = run_job(client, template, job, stdio, wall_time_limit=args.wall_time_limit)
+    if outcome.error is not None:
+        print(f"sandboxd: {outcome.error.get('stage')}: {outcome.error.get('detail')}", file=sys.stderr)
+    if args.result == "-":
+        print(outcome.to_json())
+    elif args.result:
+        with open(args.result, "w") as handle:
+            handle.write(outcome.to_json() + "\n")
+    return outcome.exit_status()
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    from sandboxd.policy.load import load_policy
+
+    if args.policy_command == "check":
+        failures = 0
+        for path in args.files:
+            try:
+                loaded = load_policy(path if ("/" in path or path.endswith(".toml")) else f"./{path}")
+                print(f"{path}: ok ({loaded.hash})")
+            except SandboxdInputError as exc:
+                print(str(exc), file=sys.stderr)
+                failures += 1
+        return EXIT_USAGE if failures else 0
+    loaded = load_policy(args.name)
+    print(json.dumps({"name": loaded.name, "source": loaded.source, "hash": loaded.hash,
+                      "policy": loaded.policy.model_dump(mode="json")}, indent=2))
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from sandboxd.policy import seccomp_compile, seccomp_profile
+
+    if args.profile_command == "check":
+        failures = 0
+        for path in args.files:
+            try:
+                profile = seccomp_profile.load_profile(path)
+                compiled = seccomp_compile.compile_profile(profile)
+                print(f"{path}: ok ({compiled.profile_hash}, {len(compiled.bpf) // 8} BPF instructions)")
+                for skipped in compiled.skipped:
+                    print(f"  skipped {skipped}")
+            except SandboxdInputError as exc:
+                print(str(exc), file=sys.stderr)
+                failures += 1
+        return EXIT_USAGE if failures else 0
+    profile = seccomp_profile.load_profile(seccomp_profile.find_profile(args.name))
+    for row in seccomp_compile.effective_table(profile, args.arch):
+        print(row if isinstance(row, str) else "  ".join(str(part) for part in _row_parts(row)))
+    return 0
+
+
+def _row_parts(row: object) -> Sequence[object]:
+    if isinstance(row, tuple):
+        return row
+    return [getattr(row, name) for name in getattr(row, "__dataclass_fields__", {})] or [row]
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from sandboxd import doctor
+
+    return doctor.main(["--json"] if args.json else [])
+
+
+COMMANDS = {"run": cmd_run, "policy": cmd_policy, "profile": cmd_profile, "doctor": cmd_doctor}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except SandboxdInputError as exc:
+        print(f"sandboxd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except LayerUnavailable as exc:
+        print(f"sandboxd: refused: {exc}", file=sys.stderr)
+        return EXIT_SETUP_FAILED

@@ -1,0 +1,191 @@
+"""Mount namespace: a new root on tmpfs that holds only what the policy names.
+
+Order (all in the child, inside its own mount and PID namespaces):
+1. make every mount private, so nothing we do propagates to the host;
+2. open every bind source with O_PATH before anything is mounted over it;
+3. mount a tmpfs over /tmp (our base; the host's /tmp is untouched outside this namespace)
+   and build the jail's tree in it: binds, tmpfs mounts, symlinks, /dev, /tmp, the work path;
+4. mount a fresh /proc (we are PID 1 of the new PID namespace) and mask its sensitive files;
+5. pivot_root into the base and detach the old root, so no path leads back to the host;
+6. make the root and /dev read-only.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from sandboxd.jail import syscalls as sc
+from sandboxd.jail.failure import SetupFailure, failed
+from sandboxd.jail.plan import JailTemplate, JobSpec
+
+BASE = "/tmp"
+_BIND_ATTRS = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
+_DEVICES = ("null", "zero", "full", "random", "urandom")
+_DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))
+# Masked as container runtimes mask them: files hidden behind /dev/null, directories behind an
+# empty read-only tmpfs, and the kernel's tunables read-only.
+PROC_HIDDEN_FILES = ("kcore", "keys", "timer_list", "sched_debug", "latency_stats", "kallsyms",
+                     "kmsg", "config.gz", "pagetypeinfo", "vmallocinfo")
+PROC_HIDDEN_DIRS = ("acpi", "scsi", "asound", "driver")
+PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
+
+
+def _mount(source, target, fstype, flags, data, what):
+    try:
+        sc.mount(source, target, fstype, flags, data)
+    except OSError as exc:
+        raise failed(what, exc) from None
+
+
+def _setattr(path, attrs, recursive, what):
+    try:
+        sc.mount_setattr(path, attrs, recursive=recursive)
+    except OSError as exc:
+        raise failed(what, exc) from None
+
+
+def _make_mountpoint(path: str, is_dir: bool) -> None:
+    parent = os.path.dirname(path)
+    os.makedirs(parent, mode=0o755, exist_ok=True)
+    if is_dir:
+        if not os.path.isdir(path):
+            os.mkdir(path, 0o755)
+    elif not os.path.lexists(path):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+
+
+def _open_sources(template: JailTemplate, job: JobSpec) -> dict[str, int]:
+    """O_PATH fds of every bind source, opened while the host's paths are still visible."""
+    fds: dict[str, int] = {}
+    wanted = [op.source for op in template.mounts if op.kind == "bind"]
+    if job.workdir:
+        wanted.append(job.workdir)
+    for source in wanted:
+        if source in fds:
+            continue
+        try:
+            fds[source] = os.open(source, os.O_PATH | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fds[source] = -1
+        except OSError as exc:
+            raise failed(f"open bind source {source}", exc) from None
+    return fds
+
+
+def _bind(fd: int, target: str, writable: bool, what: str) -> None:
+    is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+    _make_mountpoint(target, is_dir)
+    _mount(f"/proc/self/fd/{fd}", target, None, sc.MS_BIND | sc.MS_REC, None, what)
+    attrs = _BIND_ATTRS if writable else _BIND_ATTRS | sc.MOUNT_ATTR_RDONLY
+    # mount_setattr changes only the bits named, so the source's locked flags (noexec…) stay.
+    _setattr(target, attrs, True, what)
+
+
+def _tmpfs(target: str, size: int, mode: str, what: str, flags: int = 0) -> None:
+    os.makedirs(target, mode=0o755, exist_ok=True)
+    _mount("tmpfs", target, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | flags,
+           f"mode={mode},size={max(size, 4096)}", what)
+
+
+def _build_dev(root: str, shm_size: int) -> None:
+    dev = root + "/dev"
+    _tmpfs(dev, 1 << 16, "0755", "mount tmpfs on /dev", sc.MS_NOEXEC)
+    for name in _DEVICES:
+        target = f"{dev}/{name}"
+        _make_mountpoint(target, False)
+        # Device nodes cannot be created in a user namespace; bind the host's harmless ones.
+        _mount(f"/dev/{name}", target, None, sc.MS_BIND, None, f"bind /dev/{name}")
+    for name, link in _DEV_LINKS:
+        os.symlink(link, f"{dev}/{name}")
+    _tmpfs(f"{dev}/shm", shm_size, "1777", "mount tmpfs on /dev/shm")
+
+
+def _mount_proc(root: str) -> None:
+    target = root + "/proc"
+    os.makedirs(target, mode=0o755, exist_ok=True)
+    # Why here: a proc mount shows the PID namespace of its mounter, and we are its PID 1; the
+    # kernel only allows it while the host's full /proc is still reachable (before the old
+    # root is detached).
+    _mount("proc", target, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, None, "mount /proc")
+
+
+def _mask_proc() -> None:
+    for name in PROC_HIDDEN_FILES:
+        path = f"/proc/{name}"
+        if os.path.exists(path):
+            _mount("/dev/null", path, None, sc.MS_BIND, None, f"mask {path}")
+    for name in PROC_HIDDEN_DIRS:
+        path = f"/proc/{name}"
+        if os.path.isdir(path):
+            _mount("tmpfs", path, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | sc.MS_RDONLY,
+                   "size=0,mode=0555", f"mask {path}")
+    for name in PROC_READ_ONLY:
+        path = f"/proc/{name}"
+        if os.path.exists(path):
+            _mount(path, path, None, sc.MS_BIND | sc.MS_REC, None, f"bind {path}")
+            _setattr(path, sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
+                     | sc.MOUNT_ATTR_NOEXEC, True, f"make {path} read-only")
+
+
+def build_root(template: JailTemplate, job: JobSpec) -> list[str]:
+    """Build and enter the jail's root; returns the mount points made, for the result."""
+    made: list[str] = []
+    # Why first: with shared propagation our mounts would appear on the host, and pivot_root
+    # refuses a shared root.
+    _mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE, None, "make / private")
+    sources = _open_sources(template, job)
+    _tmpfs(BASE, 4 << 20, "0755", "mount the root tmpfs")
+    for op in template.mounts:
+        target = BASE + op.dest
+        if op.kind == "bind":
+            fd = sources[op.source]
+            if fd < 0:
+                if op.optional:
+                    continue
+                raise SetupFailure(f"bind source {op.source} does not exist")
+            _bind(fd, target, op.writable, f"bind {op.source} on {op.dest}")
+        elif op.kind == "tmpfs":
+            _tmpfs(target, op.size, "0755", f"mount tmpfs on {op.dest}")
+        elif op.kind == "symlink":
+            os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+            os.symlink(op.source, target)
+        else:
+            raise SetupFailure(f"unknown mount kind {op.kind!r}")
+        made.append(op.dest)
+    work = BASE + template.work_path
+    if job.workdir:
+        fd = sources[job.workdir]
+        if fd < 0:
+            raise SetupFailure(f"work directory {job.workdir} does not exist")
+        _bind(fd, work, True, f"bind {job.workdir} on {template.work_path}")
+    else:
+        _tmpfs(work, template.work_size, "0755", f"mount tmpfs on {template.work_path}")
+    made.append(template.work_path)
+    _tmpfs(BASE + "/tmp", template.tmp_size, "1777", "mount tmpfs on /tmp")
+    _build_dev(BASE, template.shm_size)
+    _mount_proc(BASE)
+    made += ["/tmp", "/dev", "/dev/shm", "/proc"]
+    for fd in sources.values():
+        if fd >= 0:
+            os.close(fd)
+
+    os.chdir(BASE)
+    # pivot_root(".", ".") stacks the old root under the new one; detaching it right away
+    # leaves no path back to the host's filesystem.
+    try:
+        sc.pivot_root(".", ".")
+        sc.umount2(".", sc.MNT_DETACH)
+    except OSError as exc:
+        raise failed("pivot_root into the new root", exc) from None
+    os.chdir("/")
+    _mask_proc()
+    _setattr("/dev", sc.MOUNT_ATTR_RDONLY, False, "make /dev read-only")
+    _setattr("/", sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV, False,
+             "make the root read-only")
+    try:
+        os.chdir(template.work_path)
+    except OSError as exc:
+        raise failed(f"chdir {template.work_path}", exc) from None
+    return made

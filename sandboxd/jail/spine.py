@@ -1,0 +1,225 @@
+"""The order of confinement, in one place.
+
+Parent (the spawner, single-threaded):  ``launch``
+    clone into new user, PID, mount, network, IPC and UTS namespaces
+    → write setgroups=deny, gid_map, uid_map (and, later, cgroup placement)
+    → release the child → read its report until execve closes the pipe.
+
+Child (PID 1 of its namespaces):  ``CHILD_STAGES`` then execve
+    identity → cgroup namespace → mounts and pivot_root → hostname → network → rlimits
+    → session → capabilities → no_new_privs + death signal → Landlock → stdio/fds
+    → seccomp (last, so nothing after it needs a filtered call) → execve.
+
+Every module the child uses is imported here, at import time in the spawner: after
+pivot_root or Landlock a lazy import would fail.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, NoReturn
+
+from sandboxd.jail import caps, fds, identity, landlock, mounts, net, privs, readback, rlimits
+from sandboxd.jail import report, seccomp, userns
+from sandboxd.jail import syscalls as sc
+from sandboxd.jail.failure import SetupFailure
+from sandboxd.jail.plan import JailTemplate, JobSpec
+
+NAMESPACE_FLAGS = (sc.CLONE_NEWUSER | sc.CLONE_NEWPID | sc.CLONE_NEWNS | sc.CLONE_NEWNET
+                   | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS)
+NAMESPACES = ("user", "pid", "mnt", "net", "ipc", "uts", "cgroup")
+SETUP_TIMEOUT_S = 10.0
+
+EXIT_SETUP_FAILED = 125
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+
+
+@dataclass
+class ChildContext:
+    template: JailTemplate
+    job: JobSpec
+    stdio: tuple[int, int, int]
+    sync_fd: int
+    report_fd: int
+    applied: dict[str, Any] = field(default_factory=dict)
+
+
+def _wait_for_release(ctx: ChildContext) -> None:
+    # The spawner writes one byte once our id maps (and cgroup) are in place.
+    if os.read(ctx.sync_fd, 1) != b"\0":
+        raise SetupFailure("the spawner did not release the job")
+
+
+def _enter_cgroup_namespace(ctx: ChildContext) -> None:
+    # Why after the spawner placed us in our cgroup: the namespace's root is the cgroup we
+    # are in at this moment, so the host's cgroup path never shows inside.
+    sc.unshare(sc.CLONE_NEWCGROUP)
+
+
+def _mounts(ctx: ChildContext) -> None:
+    ctx.applied["mounts"] = mounts.build_root(ctx.template, ctx.job)
+
+
+def _rlimits(ctx: ChildContext) -> None:
+    ctx.applied["rlimits"] = rlimits.apply(ctx.template.rlimits)
+
+
+def _landlock(ctx: ChildContext) -> None:
+    if ctx.template.landlock is None:
+        ctx.applied["landlock"] = {"enforced": False, "mode": ctx.template.landlock_mode}
+        return
+    plan = landlock.LandlockPlan.from_dict(ctx.template.landlock)
+    try:
+        applied = landlock.apply(plan)
+    except OSError as exc:
+        raise SetupFailure(f"Landlock: {exc}", exc.errno or 0) from None
+    ctx.applied["landlock"] = {
+        "mode": ctx.template.landlock_mode,
+        "enforced": applied.enforced,
+        "abi": applied.abi,
+        "rights": plan.describe(),
+        "dropped": list(plan.dropped),
+    }
+
+
+def _seccomp(ctx: ChildContext) -> None:
+    plan = ctx.template.seccomp
+    if plan is None:
+        ctx.applied["seccomp"] = {"enforced": False}
+        return
+    try:
+        seccomp.load_filter(plan.bpf)
+    except OSError as exc:
+        raise SetupFailure(f"seccomp: {exc.strerror}", exc.errno or 0) from None
+    ctx.applied["seccomp"] = {"enforced": True, "mode": plan.mode, "profile": plan.profile,
+                              "profile_hash": plan.profile_hash}
+
+
+CHILD_STAGES: tuple[tuple[str, Callable[[ChildContext], None]], ...] = (
+    ("wait for id maps", _wait_for_release),
+    ("identity", lambda ctx: userns.become_root_in_namespace()),
+    ("cgroup namespace", _enter_cgroup_namespace),
+    ("mounts", _mounts),
+    ("hostname", lambda ctx: identity.set_hostname(ctx.template.hostname)),
+    ("network", lambda ctx: net.configure(ctx.template.network)),
+    ("rlimits", _rlimits),
+    ("session", lambda ctx: identity.new_session()),
+    ("capabilities", lambda ctx: caps.drop_all()),
+    ("no_new_privs", lambda ctx: privs.lock_privileges(ctx.sync_fd)),
+    ("landlock", _landlock),
+    ("fds", lambda ctx: fds.install_stdio(ctx.stdio)),
+    ("seccomp", _seccomp),
+)
+
+
+def _namespace_ids() -> dict[str, str]:
+    ids = {}
+    for name in NAMESPACES:
+        try:
+            ids[name] = os.readlink(f"/proc/self/ns/{name}")
+        except OSError:
+            ids[name] = "unreadable"
+    return ids
+
+
+def _environment(ctx: ChildContext) -> dict[str, str]:
+    env = dict(ctx.template.env)
+    env.update(ctx.job.env)
+    return env
+
+
+def run_child(ctx: ChildContext) -> NoReturn:
+    """The child's whole life until execve. Never returns; never raises."""
+    stage = "start"
+    try:
+        for stage, step in CHILD_STAGES:
+            step(ctx)
+        stage = "exec"
+        report.write_frame(ctx.report_fd, "ready", {
+            "applied": ctx.applied, "readback": readback.read_self(), "namespaces": _namespace_ids(),
+        })
+        env = _environment(ctx)
+        try:
+            os.execvpe(ctx.job.argv[0], list(ctx.job.argv), env)
+        except OSError as exc:
+            code = EXIT_NOT_FOUND if exc.errno == 2 else EXIT_CANNOT_EXECUTE
+            report.write_frame(ctx.report_fd, "error", {
+                "stage": "exec", "detail": f"{ctx.job.argv[0]}: {exc.strerror}",
+                "errno": exc.errno, "exit_code": code})
+            os._exit(code)
+    except SetupFailure as exc:
+        _report_failure(ctx, stage, exc.detail, exc.errno, exc.exit_code)
+    except OSError as exc:
+        _report_failure(ctx, stage, exc.strerror or str(exc), exc.errno or 0, EXIT_SETUP_FAILED)
+    except BaseException as exc:  # the child must never unwind into the spawner's loop
+        _report_failure(ctx, stage, f"{type(exc).__name__}: {exc}", 0, EXIT_SETUP_FAILED)
+    os._exit(EXIT_SETUP_FAILED)
+
+
+def _report_failure(ctx: ChildContext, stage: str, detail: str, errno: int, code: int) -> NoReturn:
+    try:
+        report.write_frame(ctx.report_fd, "error", {
+            "stage": stage, "detail": detail, "errno": errno, "exit_code": code})
+    finally:
+        os._exit(code)
+
+
+@dataclass
+class Launched:
+    """What the spawner knows after set-up: the child, its pidfd and its report."""
+
+    pid: int
+    pidfd: int
+    started: float
+    lease: userns.IdLease
+    ready: dict[str, Any] | None
+    error: dict[str, Any] | None
+
+
+def launch(template: JailTemplate, job: JobSpec, stdio: tuple[int, int, int],
+           ids: userns.IdAllocator, place_in_cgroup: Callable[[int], None] | None = None) -> Launched:
+    """Parent side: clone, map ids, place, release, and wait for execve or a failure."""
+    lease = ids.lease()
+    sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    started = time.monotonic()
+    try:
+        pid, pidfd = sc.clone_process(NAMESPACE_FLAGS)
+    except OSError as exc:
+        for fd in (sync_r, sync_w, report_r, report_w):
+            os.close(fd)
+        lease.release()
+        raise SetupFailure(f"clone into new namespaces: {exc.strerror}", exc.errno or 0) from None
+    if pid == 0:
+        os.close(sync_w)
+        os.close(report_r)
+        run_child(ChildContext(template, job, stdio, sync_r, report_w))
+    os.close(sync_r)
+    os.close(report_w)
+    try:
+        userns.write_id_maps(pid, lease.mapping)
+        if place_in_cgroup is not None:
+            place_in_cgroup(pid)
+        os.write(sync_w, b"\0")
+        frames, timed_out = report.read_frames(report_r, SETUP_TIMEOUT_S)
+    except OSError as exc:
+        frames, timed_out = [{"kind": "error", "stage": "spawner", "detail": str(exc),
+                              "errno": exc.errno or 0, "exit_code": EXIT_SETUP_FAILED}], False
+    finally:
+        os.close(sync_w)
+        os.close(report_r)
+    ready = next((f for f in frames if f.get("kind") == "ready"), None)
+    error = next((f for f in frames if f.get("kind") == "error"), None)
+    if timed_out and error is None:
+        error = {"stage": "set-up", "detail": f"no report within {SETUP_TIMEOUT_S} s",
+                 "errno": 0, "exit_code": EXIT_SETUP_FAILED}
+    if error is not None:
+        # A child that failed set-up may still be alive (timed out): end it now.
+        try:
+            sc.pidfd_send_signal(pidfd, 9)
+        except OSError:
+            pass
+    return Launched(pid, pidfd, started, lease, ready, error)

@@ -1,0 +1,64 @@
+"""The result of one job: one schema for ``sandboxd run --result`` and (later) the HTTP API.
+
+Verdicts, in precedence order when more than one could apply (documented in docs/results.md):
+``SETUP_ERROR`` (the sandbox could not be built) > ``EXEC_FAILED`` (the program could not be
+executed) > ``WALL_TIME_LIMIT`` > ``SIGNALED`` > ``NONZERO_EXIT`` > ``OK``. Later layers add
+``TIME_LIMIT``, ``MEMORY_LIMIT``, ``OUTPUT_LIMIT``, ``PIDS_LIMIT``, ``SECCOMP`` …
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+OK = "OK"
+NONZERO_EXIT = "NONZERO_EXIT"
+SIGNALED = "SIGNALED"
+WALL_TIME_LIMIT = "WALL_TIME_LIMIT"
+EXEC_FAILED = "EXEC_FAILED"
+SETUP_ERROR = "SETUP_ERROR"
+INTERNAL_ERROR = "INTERNAL_ERROR"
+
+# Exit statuses of `sandboxd run` for its own failures, as container runtimes use them.
+EXIT_SETUP_FAILED = 125
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+EXIT_USAGE = 2
+
+
+@dataclass
+class Usage:
+    wall_s: float = 0.0
+    sources: dict[str, str] = field(default_factory=lambda: {"wall_s": "spawner:monotonic"})
+
+
+@dataclass
+class RunResult:
+    job_id: str
+    verdict: str
+    exit_code: int | None
+    signal: int | None
+    usage: Usage
+    policy: dict[str, str]
+    layers: dict[str, Any]
+    limit: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def exit_status(self) -> int:
+        """What `sandboxd run` exits with for this result."""
+        if self.verdict == SETUP_ERROR:
+            return EXIT_SETUP_FAILED
+        if self.verdict == EXEC_FAILED:
+            return (self.error or {}).get("exit_code", EXIT_CANNOT_EXECUTE)
+        if self.signal is not None:
+            return 128 + self.signal
+        if self.exit_code is not None:
+            return self.exit_code
+        return EXIT_SETUP_FAILED

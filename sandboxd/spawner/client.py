@@ -1,0 +1,137 @@
+"""The caller's side of the spawner: start it, define templates, run jobs, read events.
+
+Two ways to start it, one protocol:
+- ``start_forked()`` for a single-threaded caller such as the CLI: a plain fork, ~1 ms;
+- ``start_exec()`` for a caller that has threads (the asyncio service): a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandboxd.jail.plan import JailTemplate, JobSpec
+from sandboxd.spawner import protocol
+
+
+class SpawnerGone(RuntimeError):
+    """The spawner closed its socket or died."""
+
+
+@dataclass
+class Event:
+    kind: str
+    job_id: str | None
+    data: dict[str, Any]
+    fds: list[int] = field(default_factory=list)
+
+
+class SpawnerClient:
+    def __init__(self, sock: socket.socket, pid: int, process: subprocess.Popen | None = None) -> None:
+        self.sock = sock
+        self.pid = pid
+        self._process = process
+        self._defined: set[str] = set()
+        self._pending: list[Event] = []
+
+    # --- starting ------------------------------------------------------------------------
+    @classmethod
+    def start_forked(cls) -> "SpawnerClient":
+        if threading.active_count() != 1:
+            raise RuntimeError("start_forked() needs a single-threaded caller; use start_exec()")
+        ours, theirs = protocol.socketpair()
+        pid = os.fork()
+        if pid == 0:  # the spawner
+            status = 0
+            try:
+                ours.close()
+                from sandboxd.spawner import server
+
+                server.prepare_process()
+                server.Spawner(theirs).serve()
+            except BaseException:
+                status = 70
+            finally:
+                os._exit(status)
+        theirs.close()
+        return cls(ours, pid)
+
+    @classmethod
+    def start_exec(cls, python: str | None = None) -> "SpawnerClient":
+        ours, theirs = protocol.socketpair()
+        process = subprocess.Popen(
+            [python or sys.executable, "-m", "sandboxd.spawner", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True,
+        )
+        theirs.close()
+        return cls(ours, process.pid, process)
+
+    def close(self) -> None:
+        """Closing the socket makes the spawner kill its jobs and exit; then reap it."""
+        self.sock.close()
+        if self._process is not None:
+            self._process.wait()
+        else:
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+
+    def __enter__(self) -> "SpawnerClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- requests ------------------------------------------------------------------------
+    def define(self, template: JailTemplate) -> None:
+        if template.policy_hash in self._defined:
+            return
+        protocol.send(self.sock, {"op": "define", "hash": template.policy_hash,
+                                  "template": template.to_dict()})
+        event = self._wait_for(lambda e: e.kind in ("defined", "error"))
+        if event.kind == "error":
+            raise RuntimeError(f"spawner refused the template: {event.data.get('detail')}")
+        self._defined.add(template.policy_hash)
+
+    def run(self, template: JailTemplate, job: JobSpec, stdio: tuple[int, int, int]) -> None:
+        self.define(template)
+        protocol.send(self.sock, {"op": "run", "template": template.policy_hash, "job": job.to_dict()},
+                      list(stdio))
+
+    def next_event(self, job_id: str | None = None, timeout: float | None = None) -> Event | None:
+        """The next event (for ``job_id`` if given); None on timeout."""
+        for index, event in enumerate(self._pending):
+            if job_id is None or event.job_id == job_id:
+                return self._pending.pop(index)
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLIN)
+        while True:
+            if not poller.poll(None if timeout is None else max(0, timeout) * 1000):
+                return None
+            event = self._receive()
+            if job_id is None or event.job_id == job_id:
+                return event
+            self._pending.append(event)
+
+    def _wait_for(self, accept) -> Event:
+        while True:
+            event = self._receive()
+            if accept(event):
+                return event
+            self._pending.append(event)
+
+    def _receive(self) -> Event:
+        try:
+            message, fds = protocol.receive(self.sock)
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise SpawnerGone(str(exc)) from None
+        if message is None:
+            raise SpawnerGone("the spawner closed its socket")
+        return Event(message.get("event", "?"), message.get("job_id"), message, fds)

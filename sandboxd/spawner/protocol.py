@@ -1,0 +1,47 @@
+"""Messages between a caller and the spawner: one JSON object per SOCK_SEQPACKET datagram,
+with file descriptors (the job's stdio going in, its pidfd coming out) as SCM_RIGHTS."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any
+
+MAX_MESSAGE = 1 << 20
+MAX_FDS = 8
+
+
+def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | tuple[int, ...] = ()) -> None:
+    data = json.dumps(message, separators=(",", ":")).encode()
+    if len(data) > MAX_MESSAGE:
+        raise ValueError(f"message of {len(data)} bytes is over the {MAX_MESSAGE}-byte limit")
+    if fds:
+        socket.send_fds(sock, [data], list(fds))
+    else:
+        sock.send(data)
+
+
+def receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
+    """One message and its fds; ``(None, [])`` when the peer has closed the socket."""
+    data, fds, flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
+    if not data:
+        for fd in fds:
+            _close_quietly(fd)
+        return None, []
+    if flags & socket.MSG_TRUNC or flags & socket.MSG_CTRUNC:
+        for fd in fds:
+            _close_quietly(fd)
+        raise ValueError("message or its file descriptors were truncated")
+    return json.loads(data), fds
+
+
+def socketpair() -> tuple[socket.socket, socket.socket]:
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass

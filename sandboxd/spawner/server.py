@@ -1,0 +1,179 @@
+"""The spawner: a lean, single-threaded process and the only place that forks jobs.
+
+It serves one caller over a SOCK_SEQPACKET socket. The caller defines jail templates
+(compiled policies, cached here by hash) and asks for runs, passing the job's stdio as
+SCM_RIGHTS; the spawner clones the job (``sandboxd.jail.spine.launch``), hands back a
+pidfd, reaps the job and reports how it ended. When the caller goes away, every job it
+started is killed and the spawner exits.
+
+Why a separate process: forking from a process with threads (any asyncio service) can
+deadlock the child on a lock another thread held, and unshare(CLONE_NEWUSER) refuses a
+multi-threaded caller. Keep asyncio, aiohttp and pydantic out of this process: fork cost
+grows with its memory.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sandboxd.jail import spine
+from sandboxd.jail import syscalls as sc
+from sandboxd.jail.failure import SetupFailure
+from sandboxd.jail.plan import JailTemplate, JobSpec
+from sandboxd.jail.userns import IdAllocator, IdLease
+from sandboxd.spawner import protocol
+
+
+@dataclass
+class RunningJob:
+    job_id: str
+    pid: int
+    pidfd: int
+    started: float
+    lease: IdLease
+
+
+class Spawner:
+    def __init__(self, sock: socket.socket, ids: IdAllocator | None = None) -> None:
+        self.sock = sock
+        self.ids = ids or IdAllocator()
+        self.templates: dict[str, JailTemplate] = {}
+        self.jobs: dict[int, RunningJob] = {}  # by pidfd
+        self.poller = select.poll()
+        self.poller.register(sock.fileno(), select.POLLIN)
+
+    # --- requests ------------------------------------------------------------------------
+    def handle(self, message: dict[str, Any], fds: list[int]) -> None:
+        op = message.get("op")
+        try:
+            if op == "define":
+                self.templates[message["hash"]] = JailTemplate.from_dict(message["template"])
+                protocol.send(self.sock, {"event": "defined", "hash": message["hash"]})
+            elif op == "run":
+                self.run(message, fds)
+                fds = []
+            elif op == "ping":
+                protocol.send(self.sock, {"event": "pong", "pid": os.getpid(), "jobs": len(self.jobs)})
+            else:
+                protocol.send(self.sock, {"event": "error", "detail": f"unknown op {op!r}"})
+        except (KeyError, TypeError, ValueError) as exc:
+            protocol.send(self.sock, {"event": "error", "job_id": message.get("job", {}).get("job_id"),
+                                      "detail": f"bad {op} request: {exc!r}"})
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def run(self, message: dict[str, Any], fds: list[int]) -> None:
+        job = JobSpec.from_dict(message["job"])
+        try:
+            if len(fds) != 3:
+                raise ValueError(f"a run needs 3 stdio fds, got {len(fds)}")
+            template = self.templates.get(message["template"])
+            if template is None:
+                raise ValueError(f"unknown template {message['template']!r}")
+            try:
+                launched = spine.launch(template, job, (fds[0], fds[1], fds[2]), self.ids)
+            except SetupFailure as exc:
+                protocol.send(self.sock, {"event": "failed", "job_id": job.job_id, "error": {
+                    "stage": "clone", "detail": exc.detail, "errno": exc.errno,
+                    "exit_code": spine.EXIT_SETUP_FAILED}, "final": True})
+                return
+        finally:
+            for fd in fds:
+                os.close(fd)
+        self.jobs[launched.pidfd] = RunningJob(job.job_id, launched.pid, launched.pidfd,
+                                               launched.started, launched.lease)
+        self.poller.register(launched.pidfd, select.POLLIN)
+        if launched.error is not None:
+            protocol.send(self.sock, {"event": "failed", "job_id": job.job_id, "error": launched.error,
+                                      "final": False})
+        else:
+            started = {"event": "started", "job_id": job.job_id, "pid": launched.pid,
+                       "ready": launched.ready, "host_namespaces": spine._namespace_ids(),
+                       "id_map": {"uid": launched.lease.mapping.host_uid,
+                                  "gid": launched.lease.mapping.host_gid,
+                                  "rootless": self.ids.rootless}}
+            # The caller gets its own copy of the pidfd: it can signal the job without a pid race.
+            protocol.send(self.sock, started, [launched.pidfd])
+
+    # --- jobs ending ---------------------------------------------------------------------
+    def reap(self, pidfd: int) -> None:
+        job = self.jobs.pop(pidfd)
+        self.poller.unregister(pidfd)
+        _, status, _rusage = os.wait4(job.pid, 0)
+        wall = time.monotonic() - job.started
+        os.close(pidfd)
+        job.lease.release()
+        code = os.waitstatus_to_exitcode(status)
+        protocol.send(self.sock, {
+            "event": "exited", "job_id": job.job_id,
+            "exit_code": code if code >= 0 else None,
+            "signal": -code if code < 0 else None,
+            "core_dumped": os.WCOREDUMP(status) if os.WIFSIGNALED(status) else False,
+            "wall_s": wall,
+        })
+
+    def kill_all(self) -> None:
+        for pidfd, job in list(self.jobs.items()):
+            try:
+                sc.pidfd_send_signal(pidfd, signal.SIGKILL)
+            except OSError:
+                pass
+        for pidfd, job in list(self.jobs.items()):
+            try:
+                os.waitpid(job.pid, 0)
+            except ChildProcessError:
+                pass
+            os.close(pidfd)
+            job.lease.release()
+        self.jobs.clear()
+
+    # --- loop ----------------------------------------------------------------------------
+    def serve(self) -> None:
+        sock_fd = self.sock.fileno()
+        try:
+            while True:
+                for fd, events in self.poller.poll():
+                    if fd == sock_fd:
+                        if events & select.POLLIN:
+                            message, fds = protocol.receive(self.sock)
+                            if message is None:
+                                return
+                            self.handle(message, fds)
+                        elif events & (select.POLLHUP | select.POLLERR):
+                            return
+                    elif fd in self.jobs:
+                        self.reap(fd)
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        finally:
+            self.kill_all()
+
+
+def prepare_process() -> None:
+    """Make this process fit to be the spawner (called once, right after it starts)."""
+    # If the caller dies, so do we (and our jobs with us, through their own death signals).
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    # Keep 0-2 occupied so a received fd can never land on them.
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open("/dev/null", os.O_RDWR)
+    if os.geteuid() == 0:
+        # Root's supplementary groups would travel into every job (setgroups is denied there).
+        os.setgroups([])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+
+def main(fd: int) -> None:
+    prepare_process()
+    sock = socket.socket(fileno=fd)
+    Spawner(sock).serve()
