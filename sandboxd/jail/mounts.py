@@ -56,11 +56,11 @@ def _make_mountpoint(path: str, is_dir: bool) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
 
 
-def _open_sources(template: JailTemplate, job: JobSpec) -> dict[str, int]:
+def _open_sources(template: JailTemplate, job: JobSpec, workdir_tree: int) -> dict[str, int]:
     """O_PATH fds of every bind source, opened while the host's paths are still visible."""
     fds: dict[str, int] = {}
     wanted = [op.source for op in template.mounts if op.kind == "bind"]
-    if job.workdir:
+    if job.workdir and workdir_tree < 0:
         wanted.append(job.workdir)
     for source in wanted:
         if source in fds:
@@ -129,13 +129,17 @@ def _mask_proc() -> None:
                      | sc.MOUNT_ATTR_NOEXEC, True, f"make {path} read-only")
 
 
-def build_root(template: JailTemplate, job: JobSpec) -> list[str]:
-    """Build and enter the jail's root; returns the mount points made, for the result."""
+def build_root(template: JailTemplate, job: JobSpec, workdir_tree: int = -1) -> list[str]:
+    """Build and enter the jail's root; returns the mount points made, for the result.
+
+    ``workdir_tree`` is an idmapped clone of the work directory made by the spawner
+    (``sandboxd.jail.idmap``), or -1 to bind the work directory as it is.
+    """
     made: list[str] = []
     # Why first: with shared propagation our mounts would appear on the host, and pivot_root
     # refuses a shared root.
     _mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE, None, "make / private")
-    sources = _open_sources(template, job)
+    sources = _open_sources(template, job, workdir_tree)
     _tmpfs(BASE, 4 << 20, "0755", "mount the root tmpfs")
     for op in template.mounts:
         target = BASE + op.dest
@@ -150,12 +154,24 @@ def build_root(template: JailTemplate, job: JobSpec) -> list[str]:
             _tmpfs(target, op.size, "0755", f"mount tmpfs on {op.dest}")
         elif op.kind == "symlink":
             os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
-            os.symlink(op.source, target)
+            if os.path.islink(target) and os.readlink(target) == op.source:
+                continue  # already there through a bind of its parent
+            try:
+                os.symlink(op.source, target)
+            except OSError as exc:
+                raise failed(f"symlink {op.dest} -> {op.source}", exc) from None
         else:
             raise SetupFailure(f"unknown mount kind {op.kind!r}")
         made.append(op.dest)
     work = BASE + template.work_path
-    if job.workdir:
+    if workdir_tree >= 0:
+        os.makedirs(work, mode=0o755, exist_ok=True)
+        try:
+            sc.move_mount_fd(workdir_tree, work)
+        except OSError as exc:
+            raise failed(f"attach the idmapped {job.workdir} on {template.work_path}", exc) from None
+        os.close(workdir_tree)
+    elif job.workdir:
         fd = sources[job.workdir]
         if fd < 0:
             raise SetupFailure(f"work directory {job.workdir} does not exist")

@@ -33,18 +33,18 @@ def read_frames(fd: int, timeout_s: float) -> tuple[list[dict], bool]:
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return _split(buffer), True
+            return split_frames(buffer), True
         if not poller.poll(remaining * 1000):
             continue
         chunk = os.read(fd, 65536)
         if not chunk:
-            return _split(buffer), False
+            return split_frames(buffer), False
         buffer += chunk
         if len(buffer) > MAX_FRAME * 4:
-            return _split(buffer), False
+            return split_frames(buffer), False
 
 
-def _split(buffer: bytes) -> list[dict]:
+def split_frames(buffer: bytes) -> list[dict]:
     frames = []
     while len(buffer) >= _LEN.size:
         (length,) = _LEN.unpack_from(buffer)

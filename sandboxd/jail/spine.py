@@ -8,6 +8,7 @@ Parent (the spawner, single-threaded):  ``launch``
 Child (PID 1 of its namespaces):  ``CHILD_STAGES`` then execve
     identity → cgroup namespace → mounts and pivot_root → hostname → network → rlimits
     → session → capabilities → no_new_privs + death signal → Landlock → stdio/fds
+    → fork: PID 1 stays as the job's init (``sandboxd.jail.init``), PID 2 goes on
     → seccomp (last, so nothing after it needs a filtered call) → execve.
 
 Every module the child uses is imported here, at import time in the spawner: after
@@ -21,8 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, NoReturn
 
-from sandboxd.jail import caps, fds, identity, landlock, mounts, net, privs, readback, rlimits
-from sandboxd.jail import report, seccomp, userns
+from sandboxd.jail import caps, fds, identity, idmap, init, landlock, mounts, net, privs, readback
+from sandboxd.jail import report, rlimits, seccomp, userns
 from sandboxd.jail import syscalls as sc
 from sandboxd.jail.failure import SetupFailure
 from sandboxd.jail.plan import JailTemplate, JobSpec
@@ -44,6 +45,8 @@ class ChildContext:
     stdio: tuple[int, int, int]
     sync_fd: int
     report_fd: int
+    status_fd: int
+    workdir_tree: int = -1
     applied: dict[str, Any] = field(default_factory=dict)
 
 
@@ -60,7 +63,7 @@ def _enter_cgroup_namespace(ctx: ChildContext) -> None:
 
 
 def _mounts(ctx: ChildContext) -> None:
-    ctx.applied["mounts"] = mounts.build_root(ctx.template, ctx.job)
+    ctx.applied["mounts"] = mounts.build_root(ctx.template, ctx.job, ctx.workdir_tree)
 
 
 def _rlimits(ctx: ChildContext) -> None:
@@ -98,6 +101,15 @@ def _seccomp(ctx: ChildContext) -> None:
                               "profile_hash": plan.profile_hash}
 
 
+def _fork_init(ctx: ChildContext) -> None:
+    """PID 1 forks the program (PID 2) and stays behind as its init; see ``jail/init.py``."""
+    program = os.fork()
+    if program != 0:
+        os.close(ctx.report_fd)  # only the program reports set-up; its exec closes the pipe
+        init.become_init(program, ctx.status_fd)
+    os.close(ctx.status_fd)
+
+
 CHILD_STAGES: tuple[tuple[str, Callable[[ChildContext], None]], ...] = (
     ("wait for id maps", _wait_for_release),
     ("identity", lambda ctx: userns.become_root_in_namespace()),
@@ -111,6 +123,7 @@ CHILD_STAGES: tuple[tuple[str, Callable[[ChildContext], None]], ...] = (
     ("no_new_privs", lambda ctx: privs.lock_privileges(ctx.sync_fd)),
     ("landlock", _landlock),
     ("fds", lambda ctx: fds.install_stdio(ctx.stdio)),
+    ("init", _fork_init),
     ("seccomp", _seccomp),
 )
 
@@ -177,28 +190,44 @@ class Launched:
     lease: userns.IdLease
     ready: dict[str, Any] | None
     error: dict[str, Any] | None
+    status_fd: int  # the init writes the program's wait status here before it exits
 
 
 def launch(template: JailTemplate, job: JobSpec, stdio: tuple[int, int, int],
            ids: userns.IdAllocator, place_in_cgroup: Callable[[int], None] | None = None) -> Launched:
     """Parent side: clone, map ids, place, release, and wait for execve or a failure."""
     lease = ids.lease()
+    workdir_tree = -1
+    if job.workdir and not ids.rootless:
+        # As root the job owns nothing on the host: show it the work directory as its own.
+        try:
+            workdir_tree = idmap.idmapped_tree(job.workdir, lease.mapping.host_uid)
+        except (SetupFailure, OSError):
+            lease.release()
+            raise
     sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    status_r, status_w = os.pipe2(os.O_CLOEXEC)
     started = time.monotonic()
     try:
         pid, pidfd = sc.clone_process(NAMESPACE_FLAGS)
     except OSError as exc:
-        for fd in (sync_r, sync_w, report_r, report_w):
+        for fd in (sync_r, sync_w, report_r, report_w, status_r, status_w):
             os.close(fd)
+        if workdir_tree >= 0:
+            os.close(workdir_tree)
         lease.release()
         raise SetupFailure(f"clone into new namespaces: {exc.strerror}", exc.errno or 0) from None
     if pid == 0:
         os.close(sync_w)
         os.close(report_r)
-        run_child(ChildContext(template, job, stdio, sync_r, report_w))
+        os.close(status_r)
+        run_child(ChildContext(template, job, stdio, sync_r, report_w, status_w, workdir_tree))
+    if workdir_tree >= 0:
+        os.close(workdir_tree)
     os.close(sync_r)
     os.close(report_w)
+    os.close(status_w)
     try:
         userns.write_id_maps(pid, lease.mapping)
         if place_in_cgroup is not None:
@@ -222,4 +251,18 @@ def launch(template: JailTemplate, job: JobSpec, stdio: tuple[int, int, int],
             sc.pidfd_send_signal(pidfd, 9)
         except OSError:
             pass
-    return Launched(pid, pidfd, started, lease, ready, error)
+    return Launched(pid, pidfd, started, lease, ready, error, status_r)
+
+
+def program_status(status_fd: int) -> int | None:
+    """The program's wait status as its init reported it; None if the init never did."""
+    os.set_blocking(status_fd, False)
+    try:
+        data = os.read(status_fd, 4096)
+    except BlockingIOError:
+        return None
+    frames = report.split_frames(data)
+    for frame in frames:
+        if frame.get("kind") == "exit":
+            return int(frame["wait_status"])
+    return None

@@ -28,6 +28,8 @@ _NR = {
         "capset": 126,
         "capget": 125,
         "seccomp": 317,
+        "open_tree": 428,
+        "move_mount": 429,
         "pidfd_send_signal": 424,
         "pidfd_open": 434,
         "clone3": 435,
@@ -43,6 +45,8 @@ _NR = {
         "capset": 91,
         "capget": 90,
         "seccomp": 277,
+        "open_tree": 428,
+        "move_mount": 429,
         "pidfd_send_signal": 424,
         "pidfd_open": 434,
         "clone3": 435,
@@ -275,3 +279,26 @@ def raw_syscall(nr: int, *args: int) -> int:
 
 def get_errno() -> int:
     return ctypes.get_errno()
+
+
+# open_tree(2) / move_mount(2), for idmapped work directories.
+OPEN_TREE_CLONE = 1
+AT_EMPTY_PATH = 0x1000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_IDMAP = 0x100000
+
+
+def open_tree(path: str, flags: int) -> int:
+    return _check(_syscall(ctypes.c_long(NR["open_tree"]), ctypes.c_int(-100), _path(path), ctypes.c_uint(flags)))
+
+
+def mount_setattr_fd(fd: int, attr_set: int, userns_fd: int = 0, *, recursive: bool = True) -> None:
+    attr = _MountAttr(attr_set, 0, 0, userns_fd)
+    flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
+    _check(_syscall(ctypes.c_long(NR["mount_setattr"]), ctypes.c_int(fd), b"", ctypes.c_uint(flags),
+                    ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))))
+
+
+def move_mount_fd(fd: int, target: str) -> None:
+    _check(_syscall(ctypes.c_long(NR["move_mount"]), ctypes.c_int(fd), b"", ctypes.c_int(-100),
+                    _path(target), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)))

@@ -37,6 +37,7 @@ class RunningJob:
     pidfd: int
     started: float
     lease: IdLease
+    status_fd: int
 
 
 class Spawner:
@@ -79,16 +80,18 @@ class Spawner:
                 raise ValueError(f"unknown template {message['template']!r}")
             try:
                 launched = spine.launch(template, job, (fds[0], fds[1], fds[2]), self.ids)
-            except SetupFailure as exc:
+            except (SetupFailure, OSError) as exc:
+                if isinstance(exc, OSError):
+                    exc = SetupFailure(f"{exc.filename or 'spawner'}: {exc.strerror}", exc.errno or 0)
                 protocol.send(self.sock, {"event": "failed", "job_id": job.job_id, "error": {
-                    "stage": "clone", "detail": exc.detail, "errno": exc.errno,
+                    "stage": "spawner", "detail": exc.detail, "errno": exc.errno,
                     "exit_code": spine.EXIT_SETUP_FAILED}, "final": True})
                 return
         finally:
             for fd in fds:
                 os.close(fd)
         self.jobs[launched.pidfd] = RunningJob(job.job_id, launched.pid, launched.pidfd,
-                                               launched.started, launched.lease)
+                                               launched.started, launched.lease, launched.status_fd)
         self.poller.register(launched.pidfd, select.POLLIN)
         if launched.error is not None:
             protocol.send(self.sock, {"event": "failed", "job_id": job.job_id, "error": launched.error,
@@ -106,8 +109,14 @@ class Spawner:
     def reap(self, pidfd: int) -> None:
         job = self.jobs.pop(pidfd)
         self.poller.unregister(pidfd)
-        _, status, _rusage = os.wait4(job.pid, 0)
+        _, init_status, _rusage = os.wait4(job.pid, 0)
         wall = time.monotonic() - job.started
+        # The program's own status, as the job's init saw it; the init's when it never ran.
+        status = spine.program_status(job.status_fd)
+        source = "program"
+        if status is None:
+            status, source = init_status, "init"
+        os.close(job.status_fd)
         os.close(pidfd)
         job.lease.release()
         code = os.waitstatus_to_exitcode(status)
@@ -116,6 +125,7 @@ class Spawner:
             "exit_code": code if code >= 0 else None,
             "signal": -code if code < 0 else None,
             "core_dumped": os.WCOREDUMP(status) if os.WIFSIGNALED(status) else False,
+            "status_from": source,
             "wall_s": wall,
         })
 
@@ -131,6 +141,7 @@ class Spawner:
             except ChildProcessError:
                 pass
             os.close(pidfd)
+            os.close(job.status_fd)
             job.lease.release()
         self.jobs.clear()
 
