@@ -2,8 +2,9 @@
 
 Verdicts, in precedence order when more than one could apply (documented in docs/results.md):
 ``SETUP_ERROR`` (the sandbox could not be built) > ``EXEC_FAILED`` (the program could not be
-executed) > ``WALL_TIME_LIMIT`` > ``SIGNALED`` > ``NONZERO_EXIT`` > ``OK``. Later layers add
-``TIME_LIMIT``, ``MEMORY_LIMIT``, ``OUTPUT_LIMIT``, ``PIDS_LIMIT``, ``SECCOMP`` …
+executed) > ``SECCOMP`` (a seccomp kill rule ended the program) > ``WALL_TIME_LIMIT`` >
+``SIGNALED`` > ``NONZERO_EXIT`` > ``OK``. Later layers add ``TIME_LIMIT``, ``MEMORY_LIMIT``,
+``OUTPUT_LIMIT``, ``PIDS_LIMIT`` …
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ OK = "OK"
 NONZERO_EXIT = "NONZERO_EXIT"
 SIGNALED = "SIGNALED"
 WALL_TIME_LIMIT = "WALL_TIME_LIMIT"
+SECCOMP = "SECCOMP"
 EXEC_FAILED = "EXEC_FAILED"
 SETUP_ERROR = "SETUP_ERROR"
 INTERNAL_ERROR = "INTERNAL_ERROR"
@@ -44,6 +46,11 @@ class RunResult:
     layers: dict[str, Any]
     limit: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    # The syscall a seccomp kill rule stopped: {"syscall": "ptrace", "nr": 101, "arch": "x86_64"}.
+    seccomp: dict[str, Any] | None = None
+    # Everything seccomp stopped during the job (kills in any process, EPERM answers to the
+    # profile's NOTIFY rules), and what could not be observed.
+    denials: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

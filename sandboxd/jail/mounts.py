@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import dataclass
 
 from sandboxd.jail import syscalls as sc
 from sandboxd.jail.failure import SetupFailure, failed
@@ -56,28 +57,72 @@ def _make_mountpoint(path: str, is_dir: bool) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
 
 
-def _open_sources(template: JailTemplate, job: JobSpec, workdir_tree: int) -> dict[str, int]:
-    """O_PATH fds of every bind source, opened while the host's paths are still visible."""
-    fds: dict[str, int] = {}
-    wanted = [op.source for op in template.mounts if op.kind == "bind"]
+WORK_KEY = "@work"
+
+
+@dataclass(frozen=True)
+class Source:
+    """A bind source: an O_PATH fd to bind from, or a detached mount tree to attach."""
+
+    fd: int  # -1: the source does not exist
+    detached: bool = False
+
+
+def open_sources(template: JailTemplate, job: JobSpec, workdir_tree: int, *,
+                 detached: bool) -> dict[str, Source]:
+    """Every bind source, keyed by its destination (the work directory as ``WORK_KEY``).
+
+    ``detached=True`` runs in a root spawner before clone: each source becomes a detached
+    clone of its mount (open_tree), already read-only/nosuid/nodev as asked, resolved with
+    the operator's rights rather than the job's unprivileged id; the child attaches it with
+    move_mount (a bind from an fd of another mount namespace is refused). ``detached=False``
+    runs in the child of a rootless spawner, which has the same rights as its caller.
+    """
+    wanted = [(op.dest, op.source, op.writable) for op in template.mounts if op.kind == "bind"]
     if job.workdir and workdir_tree < 0:
-        wanted.append(job.workdir)
-    for source in wanted:
-        if source in fds:
-            continue
-        try:
-            fds[source] = os.open(source, os.O_PATH | os.O_CLOEXEC)
-        except FileNotFoundError:
-            fds[source] = -1
-        except OSError as exc:
-            raise failed(f"open bind source {source}", exc) from None
-    return fds
+        wanted.append((WORK_KEY, job.workdir, True))
+    sources: dict[str, Source] = {}
+    try:
+        for key, path, writable in wanted:
+            sources[key] = _open_source(path, writable, detached)
+    except OSError as exc:
+        close_sources(sources)
+        raise failed(f"open bind source {path}", exc) from None
+    return sources
 
 
-def _bind(fd: int, target: str, writable: bool, what: str) -> None:
-    is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+def _open_source(path: str, writable: bool, detached: bool) -> Source:
+    try:
+        if not detached:
+            return Source(os.open(path, os.O_PATH | os.O_CLOEXEC))
+        tree = sc.open_tree(path, sc.OPEN_TREE_CLONE | sc.AT_RECURSIVE | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return Source(-1)
+    try:
+        attrs = _BIND_ATTRS if writable else _BIND_ATTRS | sc.MOUNT_ATTR_RDONLY
+        sc.mount_setattr_fd(tree, attrs)
+    except OSError:
+        os.close(tree)
+        raise
+    return Source(tree, detached=True)
+
+
+def close_sources(sources: dict[str, Source]) -> None:
+    for source in sources.values():
+        if source.fd >= 0:
+            os.close(source.fd)
+
+
+def _bind(source: Source, target: str, writable: bool, what: str) -> None:
+    is_dir = stat.S_ISDIR(os.fstat(source.fd).st_mode)
     _make_mountpoint(target, is_dir)
-    _mount(f"/proc/self/fd/{fd}", target, None, sc.MS_BIND | sc.MS_REC, None, what)
+    if source.detached:
+        try:
+            sc.move_mount_fd(source.fd, target)
+        except OSError as exc:
+            raise failed(what, exc) from None
+        return
+    _mount(f"/proc/self/fd/{source.fd}", target, None, sc.MS_BIND | sc.MS_REC, None, what)
     attrs = _BIND_ATTRS if writable else _BIND_ATTRS | sc.MOUNT_ATTR_RDONLY
     # mount_setattr changes only the bits named, so the source's locked flags (noexec…) stay.
     _setattr(target, attrs, True, what)
@@ -129,27 +174,31 @@ def _mask_proc() -> None:
                      | sc.MOUNT_ATTR_NOEXEC, True, f"make {path} read-only")
 
 
-def build_root(template: JailTemplate, job: JobSpec, workdir_tree: int = -1) -> list[str]:
+def build_root(template: JailTemplate, job: JobSpec, sources: dict[str, Source] | None,
+               workdir_tree: int = -1) -> list[str]:
     """Build and enter the jail's root; returns the mount points made, for the result.
 
-    ``workdir_tree`` is an idmapped clone of the work directory made by the spawner
-    (``sandboxd.jail.idmap``), or -1 to bind the work directory as it is.
+    ``sources`` are the bind sources a root spawner prepared (``open_sources``), or None to
+    open them here (rootless); ``workdir_tree``
+    is an idmapped clone of the work directory made by the spawner (``sandboxd.jail.idmap``),
+    or -1 to bind the work directory as it is.
     """
     made: list[str] = []
     # Why first: with shared propagation our mounts would appear on the host, and pivot_root
     # refuses a shared root.
     _mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE, None, "make / private")
-    sources = _open_sources(template, job, workdir_tree)
+    if sources is None:  # before the base tmpfs hides anything under /tmp
+        sources = open_sources(template, job, workdir_tree, detached=False)
     _tmpfs(BASE, 4 << 20, "0755", "mount the root tmpfs")
     for op in template.mounts:
         target = BASE + op.dest
         if op.kind == "bind":
-            fd = sources[op.source]
-            if fd < 0:
+            source = sources[op.dest]
+            if source.fd < 0:
                 if op.optional:
                     continue
                 raise SetupFailure(f"bind source {op.source} does not exist")
-            _bind(fd, target, op.writable, f"bind {op.source} on {op.dest}")
+            _bind(source, target, op.writable, f"bind {op.source} on {op.dest}")
         elif op.kind == "tmpfs":
             _tmpfs(target, op.size, "0755", f"mount tmpfs on {op.dest}")
         elif op.kind == "symlink":
@@ -172,10 +221,10 @@ def build_root(template: JailTemplate, job: JobSpec, workdir_tree: int = -1) -> 
             raise failed(f"attach the idmapped {job.workdir} on {template.work_path}", exc) from None
         os.close(workdir_tree)
     elif job.workdir:
-        fd = sources[job.workdir]
-        if fd < 0:
+        source = sources[WORK_KEY]
+        if source.fd < 0:
             raise SetupFailure(f"work directory {job.workdir} does not exist")
-        _bind(fd, work, True, f"bind {job.workdir} on {template.work_path}")
+        _bind(source, work, True, f"bind {job.workdir} on {template.work_path}")
     else:
         _tmpfs(work, template.work_size, "0755", f"mount tmpfs on {template.work_path}")
     made.append(template.work_path)
@@ -183,9 +232,7 @@ def build_root(template: JailTemplate, job: JobSpec, workdir_tree: int = -1) -> 
     _build_dev(BASE, template.shm_size)
     _mount_proc(BASE)
     made += ["/tmp", "/dev", "/dev/shm", "/proc"]
-    for fd in sources.values():
-        if fd >= 0:
-            os.close(fd)
+    close_sources(sources)
 
     os.chdir(BASE)
     # pivot_root(".", ".") stacks the old root under the new one; detaching it right away

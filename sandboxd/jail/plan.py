@@ -41,6 +41,12 @@ class SeccompPlan:
     profile: str
     profile_hash: str
     bpf: bytes
+    # A user-notification listener goes to the job's init, which names killed syscalls and
+    # answers the profile's own NOTIFY rules with EPERM (see sandboxd.jail.init).
+    listener: bool = False
+    kill_nrs: tuple[int, ...] = ()
+    notify_nrs: tuple[int, ...] = ()
+    default_notifies: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,10 @@ class JailTemplate:
                 profile=seccomp["profile"],
                 profile_hash=seccomp["profile_hash"],
                 bpf=base64.b64decode(seccomp["bpf"]),
+                listener=seccomp.get("listener", False),
+                kill_nrs=tuple(seccomp.get("kill_nrs", ())),
+                notify_nrs=tuple(seccomp.get("notify_nrs", ())),
+                default_notifies=seccomp.get("default_notifies", False),
             ),
             landlock=data.get("landlock"),
             landlock_mode=data.get("landlock_mode", "off"),

@@ -29,10 +29,12 @@ class SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def load_filter(bpf: bytes, *, log: bool = False) -> None:
+def load_filter(bpf: bytes, *, log: bool = False, listener: bool = False) -> int:
     """Install ``bpf`` (raw ``struct sock_filter`` array) with ``seccomp(SECCOMP_SET_MODE_FILTER)``.
 
     ``log=True`` adds ``SECCOMP_FILTER_FLAG_LOG`` (denied actions other than ALLOW are audited).
+    ``listener=True`` asks for a user-notification fd (returned; -1 otherwise): the filter's
+    NOTIFY actions then wait for whoever holds it (``sandboxd.jail.init``).
     Raises ``ValueError`` for a malformed program and ``OSError`` with the kernel's errno
     (EACCES without no_new_privs, EINVAL for a program the kernel rejects).
     """
@@ -41,8 +43,9 @@ def load_filter(bpf: bytes, *, log: bool = False) -> None:
         raise ValueError(f"bad seccomp program: {len(bpf)} bytes")
     buf = ctypes.create_string_buffer(bpf, len(bpf))
     prog = SockFprog(n, ctypes.addressof(buf))
-    flags = SECCOMP_FILTER_FLAG_LOG if log else 0
+    flags = (SECCOMP_FILTER_FLAG_LOG if log else 0) | (SECCOMP_FILTER_FLAG_NEW_LISTENER if listener else 0)
     res = _sc._syscall(_NR_SECCOMP, _SET_MODE_FILTER, ctypes.c_uint(flags), ctypes.byref(prog))
-    if res != 0:
+    if res < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+    return res if listener else -1

@@ -18,6 +18,8 @@ pivot_root or Landlock a lazy import would fail.
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, NoReturn
@@ -30,6 +32,7 @@ from sandboxd.jail.plan import JailTemplate, JobSpec
 
 NAMESPACE_FLAGS = (sc.CLONE_NEWUSER | sc.CLONE_NEWPID | sc.CLONE_NEWNS | sc.CLONE_NEWNET
                    | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS)
+PR_SET_DUMPABLE = 4
 NAMESPACES = ("user", "pid", "mnt", "net", "ipc", "uts", "cgroup")
 SETUP_TIMEOUT_S = 10.0
 
@@ -47,6 +50,8 @@ class ChildContext:
     report_fd: int
     status_fd: int
     workdir_tree: int = -1
+    sources: dict[str, mounts.Source] | None = None  # None: the child opens them (rootless)
+    handoff_fd: int = -1  # program ↔ init, to hand over the seccomp listener
     applied: dict[str, Any] = field(default_factory=dict)
 
 
@@ -63,7 +68,7 @@ def _enter_cgroup_namespace(ctx: ChildContext) -> None:
 
 
 def _mounts(ctx: ChildContext) -> None:
-    ctx.applied["mounts"] = mounts.build_root(ctx.template, ctx.job, ctx.workdir_tree)
+    ctx.applied["mounts"] = mounts.build_root(ctx.template, ctx.job, ctx.sources, ctx.workdir_tree)
 
 
 def _rlimits(ctx: ChildContext) -> None:
@@ -94,20 +99,42 @@ def _seccomp(ctx: ChildContext) -> None:
         ctx.applied["seccomp"] = {"enforced": False}
         return
     try:
-        seccomp.load_filter(plan.bpf)
+        if plan.listener:
+            # Our parent, the job's init, takes the listener with pidfd_getfd, which needs
+            # us dumpable (the id change in the identity stage cleared it; execve sets it anew).
+            sc.prctl(PR_SET_DUMPABLE, 1)
+            listener = seccomp.load_filter(plan.bpf, listener=True)
+            os.write(ctx.handoff_fd, struct.pack("=i", listener))
+            if os.read(ctx.handoff_fd, 1) != b"k":
+                raise SetupFailure("seccomp: the job's init could not take the notification listener")
+            os.close(listener)
+            os.close(ctx.handoff_fd)
+        else:
+            seccomp.load_filter(plan.bpf)
     except OSError as exc:
         raise SetupFailure(f"seccomp: {exc.strerror}", exc.errno or 0) from None
     ctx.applied["seccomp"] = {"enforced": True, "mode": plan.mode, "profile": plan.profile,
-                              "profile_hash": plan.profile_hash}
+                              "profile_hash": plan.profile_hash, "kills_named": plan.listener,
+                              "errno_denials_observable": False}
 
 
 def _fork_init(ctx: ChildContext) -> None:
     """PID 1 forks the program (PID 2) and stays behind as its init; see ``jail/init.py``."""
+    plan = ctx.template.seccomp
+    ours = theirs = -1
+    if plan is not None and plan.listener:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours, theirs = ours.detach(), theirs.detach()
     program = os.fork()
     if program != 0:
         os.close(ctx.report_fd)  # only the program reports set-up; its exec closes the pipe
-        init.become_init(program, ctx.status_fd)
+        if ours >= 0:
+            os.close(ours)
+        init.become_init(program, ctx.status_fd, theirs, plan)
     os.close(ctx.status_fd)
+    if theirs >= 0:
+        os.close(theirs)
+    ctx.handoff_fd = ours
 
 
 CHILD_STAGES: tuple[tuple[str, Callable[[ChildContext], None]], ...] = (
@@ -205,6 +232,14 @@ def launch(template: JailTemplate, job: JobSpec, stdio: tuple[int, int, int],
         except (SetupFailure, OSError):
             lease.release()
             raise
+    try:
+        # As root, the spawner resolves the sources with the operator's rights.
+        sources = None if ids.rootless else mounts.open_sources(template, job, workdir_tree, detached=True)
+    except SetupFailure:
+        if workdir_tree >= 0:
+            os.close(workdir_tree)
+        lease.release()
+        raise
     sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
@@ -216,15 +251,17 @@ def launch(template: JailTemplate, job: JobSpec, stdio: tuple[int, int, int],
             os.close(fd)
         if workdir_tree >= 0:
             os.close(workdir_tree)
+        mounts.close_sources(sources or {})
         lease.release()
         raise SetupFailure(f"clone into new namespaces: {exc.strerror}", exc.errno or 0) from None
     if pid == 0:
         os.close(sync_w)
         os.close(report_r)
         os.close(status_r)
-        run_child(ChildContext(template, job, stdio, sync_r, report_w, status_w, workdir_tree))
+        run_child(ChildContext(template, job, stdio, sync_r, report_w, status_w, workdir_tree, sources))
     if workdir_tree >= 0:
         os.close(workdir_tree)
+    mounts.close_sources(sources or {})
     os.close(sync_r)
     os.close(report_w)
     os.close(status_w)
@@ -254,15 +291,17 @@ def launch(template: JailTemplate, job: JobSpec, stdio: tuple[int, int, int],
     return Launched(pid, pidfd, started, lease, ready, error, status_r)
 
 
-def program_status(status_fd: int) -> int | None:
-    """The program's wait status as its init reported it; None if the init never did."""
+def program_exit(status_fd: int) -> dict[str, Any] | None:
+    """The init's last frame: the program's wait status and what seccomp stopped; None if
+    the init never wrote it (it died, or the job failed before the program started)."""
     os.set_blocking(status_fd, False)
+    data = b""
     try:
-        data = os.read(status_fd, 4096)
+        while chunk := os.read(status_fd, 65536):
+            data += chunk
     except BlockingIOError:
-        return None
-    frames = report.split_frames(data)
-    for frame in frames:
+        pass
+    for frame in report.split_frames(data):
         if frame.get("kind") == "exit":
-            return int(frame["wait_status"])
+            return frame
     return None

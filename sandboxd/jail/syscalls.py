@@ -28,6 +28,7 @@ _NR = {
         "capset": 126,
         "capget": 125,
         "seccomp": 317,
+        "pidfd_getfd": 438,
         "open_tree": 428,
         "move_mount": 429,
         "pidfd_send_signal": 424,
@@ -45,6 +46,7 @@ _NR = {
         "capset": 91,
         "capget": 90,
         "seccomp": 277,
+        "pidfd_getfd": 438,
         "open_tree": 428,
         "move_mount": 429,
         "pidfd_send_signal": 424,
@@ -302,3 +304,9 @@ def mount_setattr_fd(fd: int, attr_set: int, userns_fd: int = 0, *, recursive: b
 def move_mount_fd(fd: int, target: str) -> None:
     _check(_syscall(ctypes.c_long(NR["move_mount"]), ctypes.c_int(fd), b"", ctypes.c_int(-100),
                     _path(target), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)))
+
+
+def pidfd_getfd(pidfd: int, target_fd: int) -> int:
+    """A copy of another process's fd (needs ptrace-attach rights over it)."""
+    return _check(_syscall(ctypes.c_long(NR["pidfd_getfd"]), ctypes.c_int(pidfd), ctypes.c_int(target_fd),
+                           ctypes.c_uint(0)))

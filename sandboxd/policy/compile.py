@@ -86,13 +86,12 @@ def landlock_plan(policy: Policy, ops: tuple[MountOp, ...]) -> landlock.Landlock
 
 
 @lru_cache(maxsize=64)
-def _compiled_profile(name: str, allow_foreign_arches: bool) -> tuple[str, str, bytes]:
+def _compiled_profile(name: str, allow_foreign_arches: bool, notify_kills: bool):
     from sandboxd.policy.seccomp_compile import compile_profile
     from sandboxd.policy.seccomp_profile import find_profile, load_profile
 
     profile = load_profile(find_profile(name))
-    compiled = compile_profile(profile, allow_foreign_arches=allow_foreign_arches)
-    return str(find_profile(name)), compiled.profile_hash, compiled.bpf
+    return compile_profile(profile, allow_foreign_arches=allow_foreign_arches, notify_kills=notify_kills)
 
 
 def seccomp_plan(policy: Policy) -> SeccompPlan | None:
@@ -100,12 +99,14 @@ def seccomp_plan(policy: Policy) -> SeccompPlan | None:
     if settings.mode == "off":
         return None
     try:
-        _source, profile_hash, bpf = _compiled_profile(settings.profile, settings.allow_foreign_arches)
+        compiled = _compiled_profile(settings.profile, settings.allow_foreign_arches, settings.name_kills)
     except OSError as exc:
         if settings.mode == "best-effort":
             return None
         raise LayerUnavailable("seccomp", f"cannot compile profile {settings.profile!r}: {exc}") from None
-    return SeccompPlan(mode=settings.mode, profile=settings.profile, profile_hash=profile_hash, bpf=bpf)
+    return SeccompPlan(mode=settings.mode, profile=settings.profile, profile_hash=compiled.profile_hash,
+                       bpf=compiled.bpf, listener=compiled.needs_listener, kill_nrs=compiled.kill_nrs,
+                       notify_nrs=compiled.notify_nrs, default_notifies=compiled.default_notifies)
 
 
 def compile_template(loaded: LoadedPolicy) -> JailTemplate:

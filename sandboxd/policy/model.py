@@ -138,6 +138,9 @@ class Seccomp(_Strict):
     mode: LayerMode = "required"
     profile: str = "default"
     allow_foreign_arches: bool = False
+    # Name the syscall that a kill rule stopped (via a user-notification listener in the
+    # job's init); off, kills still happen but the result cannot say which call it was.
+    name_kills: bool = True
 
 
 class Landlock(_Strict):

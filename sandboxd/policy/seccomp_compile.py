@@ -203,6 +203,8 @@ def describe_action(action: str, errno_ret: int | None = None) -> str:
     return f"{short}({name}={e})" if name else f"{short}({e})"
 
 
+_KILL_VALUES = frozenset({pyseccomp.KILL_PROCESS, pyseccomp.KILL_THREAD})
+
 _OPS = {
     "SCMP_CMP_NE": pyseccomp.NE,
     "SCMP_CMP_LT": pyseccomp.LT,
@@ -257,7 +259,11 @@ class CompiledFilter:
     arches: tuple[str, ...] = ()  # every arch the filter accepts (others: KILL_PROCESS)
     rules: tuple[EffectiveRule, ...] = ()
     log: bool = False  # profile asked for SECCOMP_FILTER_FLAG_LOG
-    needs_listener: bool = False  # some rule uses SCMP_ACT_NOTIFY
+    needs_listener: bool = False  # some rule uses SCMP_ACT_NOTIFY (or kills are notified)
+    notify_kills: bool = False  # kill actions compiled as NOTIFY so the job's init can name them
+    kill_nrs: tuple[int, ...] = ()  # syscalls with a kill rule (the init kills on their notice)
+    notify_nrs: tuple[int, ...] = ()  # syscalls the profile itself sends to a listener
+    default_notifies: bool = False  # the profile's own default action is NOTIFY
 
     @property
     def instructions(self) -> int:
@@ -401,8 +407,15 @@ def compile_profile(
     capabilities: Iterable[str] = frozenset(),
     kernel: str | tuple[int, ...] | None = None,
     allow_foreign_arches: bool = False,
+    notify_kills: bool = False,
 ) -> CompiledFilter:
     """Build the BPF program for ``profile`` as it applies to a job holding ``capabilities``.
+
+    ``notify_kills=True`` compiles every kill action (rules, default, bad architecture) as
+    SCMP_ACT_NOTIFY: the job's init holds the listener, learns the syscall, number and
+    architecture, and kills the caller itself — the only way to name a killed syscall
+    reliably (a zombie's /proc/PID/syscall reads "-1"; a SECCOMP_RET_TRAP SIGSYS can be
+    caught by the program). The call is never executed either way.
 
     Only the native architecture can be compiled (libseccomp numbers rules by native syscall
     numbers); use :func:`effective_table` to inspect a profile for another arch.
@@ -412,9 +425,12 @@ def compile_profile(
         raise ValueError(f"can only compile for the native arch {native_arch()}, not {target}")
     rules, skipped = resolve_rules(profile, target, capabilities=capabilities, kernel=kernel)
 
+    def effective(value: int) -> int:
+        return pyseccomp.NOTIFY if notify_kills and value in _KILL_VALUES else value
+
     default_value = action_value(profile.default_action, profile.default_errno_ret)
-    flt = pyseccomp.SyscallFilter(default_value)
-    flt.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.KILL_PROCESS)
+    flt = pyseccomp.SyscallFilter(effective(default_value))
+    flt.set_attr(pyseccomp.Attr.ACT_BADARCH, effective(pyseccomp.KILL_PROCESS))
     arches = [target]
     if allow_foreign_arches:
         # Architectures first: libseccomp gives an arch added after the rules only the default.
@@ -432,7 +448,7 @@ def compile_profile(
     for r in rules:
         cmp = [pyseccomp.Arg(a.index, _OPS[a.op], a.value, a.value_two) for a in r.args]
         try:
-            flt.add_rule(r.value, r.nr, *cmp)
+            flt.add_rule(effective(r.value), r.nr, *cmp)
         except OSError as e:
             skipped.append(SkippedRule(r.name, r.rule, f"refused by libseccomp: {e.strerror or e}"))
             continue
@@ -447,7 +463,11 @@ def compile_profile(
         arches=tuple(arches),
         rules=tuple(kept),
         log="SECCOMP_FILTER_FLAG_LOG" in profile.flags,
-        needs_listener=any(r.action == "SCMP_ACT_NOTIFY" for r in kept),
+        needs_listener=notify_kills or any(r.action == "SCMP_ACT_NOTIFY" for r in kept),
+        notify_kills=notify_kills,
+        kill_nrs=tuple(sorted({r.nr for r in kept if r.value in _KILL_VALUES})),
+        notify_nrs=tuple(sorted({r.nr for r in kept if r.action == "SCMP_ACT_NOTIFY"})),
+        default_notifies=profile.default_action == "SCMP_ACT_NOTIFY",
     )
 
 

@@ -112,7 +112,8 @@ class Spawner:
         _, init_status, _rusage = os.wait4(job.pid, 0)
         wall = time.monotonic() - job.started
         # The program's own status, as the job's init saw it; the init's when it never ran.
-        status = spine.program_status(job.status_fd)
+        program = spine.program_exit(job.status_fd) or {}
+        status = program.get("wait_status")
         source = "program"
         if status is None:
             status, source = init_status, "init"
@@ -126,6 +127,8 @@ class Spawner:
             "signal": -code if code < 0 else None,
             "core_dumped": os.WCOREDUMP(status) if os.WIFSIGNALED(status) else False,
             "status_from": source,
+            "seccomp_kills": program.get("seccomp_kills", []),
+            "seccomp_denied": program.get("seccomp_denied", {}),
             "wall_s": wall,
         })
 

@@ -14,7 +14,7 @@ from sandboxd import result as r
 from sandboxd.jail import syscalls as sc
 from sandboxd.jail.plan import JailTemplate, JobSpec
 from sandboxd.spawner.client import SpawnerClient
-from sandboxd.supervise import layers
+from sandboxd.supervise import layers, syscall_names
 
 
 def _verdict(exit_code: int | None, sig: int | None) -> str:
@@ -61,13 +61,36 @@ def run_job(client: SpawnerClient, template: JailTemplate, job: JobSpec,
     exit_code, sig = ended.data.get("exit_code"), ended.data.get("signal")
     usage = r.Usage(wall_s=round(ended.data.get("wall_s", 0.0), 6))
     limit = None
+    kills = [dict(syscall_names.describe(k["nr"], k["arch"]), main=k["main"])
+             for k in ended.data.get("seccomp_kills", [])]
+    main_kill = next((k for k in kills if k["main"]), None)
+    denials = None
+    if template.seccomp is not None:
+        denials = {"kills": kills, "errno": _named_denials(ended.data.get("seccomp_denied", {})),
+                   "not_observable": "denials answered by ERRNO rules in the filter itself"}
     if error is not None:
         stage = error.get("stage")
         verdict = r.EXEC_FAILED if stage == "exec" else r.SETUP_ERROR
+    elif main_kill is not None and sig == signal.SIGKILL:
+        verdict = r.SECCOMP
     elif killed_for is not None:
         verdict = killed_for
         limit = {"name": "wall_time", "value": wall_time_limit}
     else:
         verdict = _verdict(exit_code, sig)
+    seccomp = None
+    if verdict == r.SECCOMP and main_kill is not None:
+        seccomp = {key: main_kill[key] for key in ("syscall", "nr", "arch")}
+        # The init killed the program on the kernel's behalf; report it as a seccomp kill
+        # reads everywhere else (SIGSYS, exit status 159).
+        sig = signal.SIGSYS
     return r.RunResult(job.job_id, verdict, exit_code if sig is None else None, sig, usage, policy,
-                       applied_layers, limit=limit, error=error)
+                       applied_layers, limit=limit, error=error, seccomp=seccomp, denials=denials)
+
+
+def _named_denials(counts: dict[str, int]) -> dict[str, int]:
+    named = {}
+    for key, count in counts.items():
+        arch, _, nr = key.partition(":")
+        named[syscall_names.describe(int(nr), int(arch))["syscall"]] = count
+    return named
