@@ -37,6 +37,31 @@ def _env_pair(text: str) -> tuple[str, str]:
     return name, value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def _size(text: str) -> int:
+    from sandboxd.policy.sizes import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sandboxd", description="Run untrusted programs in hardened sandboxes.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -54,7 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--net", choices=("none", "loopback"))
     run.add_argument("--hostname")
     run.add_argument("--result", metavar="FILE|-", help="write the JSON result here ('-' = stdout)")
-    run.add_argument("--wall-time-limit", type=float, metavar="SEC")
+    run.add_argument("--time-limit", type=_positive_float, metavar="SEC", help="CPU time of all the job's processes")
+    run.add_argument("--wall-time-limit", type=_positive_float, metavar="SEC")
+    run.add_argument("--memory-limit", type=_size, metavar="SIZE", help="RAM, no swap (K/M/G suffixes)")
+    run.add_argument("--pids-limit", type=_positive_int, metavar="N")
+    run.add_argument("--output-limit", type=_size, metavar="SIZE", help="bytes kept of each of stdout and stderr")
+    run.add_argument("--file-size-limit", type=_size, metavar="SIZE")
+    run.add_argument("--cpus", type=_positive_float, metavar="N", help="CPU bandwidth in cores")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- PROGRAM [ARG…]")
 
     policy = commands.add_parser("policy", help="check and show policies")
@@ -94,15 +125,26 @@ def _open_stdio(args: argparse.Namespace) -> tuple[int, int, int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from sandboxd.policy.compile import compile_template
-    from sandboxd.policy.load import Overrides, apply_overrides, load_policy
-    from sandboxd.jail.plan import JobSpec
-
     argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
         raise SandboxdInputError("run: no program given (sandboxd run [options] -- PROGRAM [ARG…])")
+    from sandboxd.spawner.client import SpawnerClient
+
+    # Started first, before any file of the job is open, and it starts while we load the policy.
+    client = SpawnerClient.start_exec()
+    try:
+        return _run(args, argv, client)
+    finally:
+        client.close()
+
+
+def _run(args: argparse.Namespace, argv: list[str], client) -> int:
+    from sandboxd.jail.plan import JobLimits, JobSpec
+    from sandboxd.policy.compile import compile_template
+    from sandboxd.policy.load import Overrides, apply_overrides, load_policy
+
     if args.workdir is not None and not os.path.isdir(args.workdir):
         raise SandboxdInputError(f"--workdir {args.workdir}: not a directory")
     mounts = tuple([("--ro-bind", s, d) for s, d in args.ro_bind] + [("--bind", s, d) for s, d in args.bind]
@@ -110,15 +152,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     loaded = apply_overrides(load_policy(args.policy),
                              Overrides(mounts=mounts, network=args.net, hostname=args.hostname))
     template = compile_template(loaded)
+    requested = JobLimits(cpu_time=args.time_limit, wall_time=args.wall_time_limit, memory=args.memory_limit,
+                          pids=args.pids_limit, cpus=args.cpus, output=args.output_limit,
+                          fsize=args.file_size_limit)
+    limits = template.limits.narrowed(requested)
     job = JobSpec(job_id=uuid.uuid4().hex, argv=tuple(argv), env=tuple(args.env),
-                  workdir=os.path.abspath(args.workdir) if args.workdir else None)
+                  workdir=os.path.abspath(args.workdir) if args.workdir else None, limits=limits)
     stdio = _open_stdio(args)
+    streams, handed = [], ()
+    if limits.output is not None:
+        # Capped: the job writes into pipes we read, keeping at most the cap of each.
+        from sandboxd.supervise.output import pipe_for
 
-    from sandboxd.spawner.client import SpawnerClient
+        out, out_w = pipe_for("stdout", limits.output, stdio[1], keep=False)
+        err, err_w = pipe_for("stderr", limits.output, stdio[2], keep=False)
+        streams, handed = [out, err], (out_w, err_w)
+        stdio = (stdio[0], out_w, err_w)
+
     from sandboxd.supervise.runner import run_job
 
-    with SpawnerClient.start_forked() as client:
-        outcome = run_job(client, template, job, stdio, wall_time_limit=args.wall_time_limit)
+    outcome = run_job(client, template, job, stdio, streams, close_after_send=handed)
     if outcome.error is not None:
         print(f"sandboxd: {outcome.error.get('stage')}: {outcome.error.get('detail')}", file=sys.stderr)
     if args.result == "-":

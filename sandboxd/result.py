@@ -1,10 +1,7 @@
 """The result of one job: one schema for ``sandboxd run --result`` and (later) the HTTP API.
 
-Verdicts, in precedence order when more than one could apply (documented in docs/results.md):
-``SETUP_ERROR`` (the sandbox could not be built) > ``EXEC_FAILED`` (the program could not be
-executed) > ``SECCOMP`` (a seccomp kill rule ended the program) > ``WALL_TIME_LIMIT`` >
-``SIGNALED`` > ``NONZERO_EXIT`` > ``OK``. Later layers add ``TIME_LIMIT``, ``MEMORY_LIMIT``,
-``OUTPUT_LIMIT``, ``PIDS_LIMIT`` …
+The verdicts and their precedence are decided in ``sandboxd.supervise.verdict`` and
+documented in docs/results.md.
 """
 
 from __future__ import annotations
@@ -17,6 +14,11 @@ OK = "OK"
 NONZERO_EXIT = "NONZERO_EXIT"
 SIGNALED = "SIGNALED"
 WALL_TIME_LIMIT = "WALL_TIME_LIMIT"
+TIME_LIMIT = "TIME_LIMIT"
+MEMORY_LIMIT = "MEMORY_LIMIT"
+OUTPUT_LIMIT = "OUTPUT_LIMIT"
+FILE_SIZE_LIMIT = "FILE_SIZE_LIMIT"
+PIDS_LIMIT = "PIDS_LIMIT"
 SECCOMP = "SECCOMP"
 EXEC_FAILED = "EXEC_FAILED"
 SETUP_ERROR = "SETUP_ERROR"
@@ -31,7 +33,17 @@ EXIT_USAGE = 2
 
 @dataclass
 class Usage:
+    """What the job used; ``sources`` names where each figure came from (never the
+    launcher's ru_maxrss, which counts the launcher's own memory)."""
+
     wall_s: float = 0.0
+    cpu_user_s: float | None = None
+    cpu_sys_s: float | None = None
+    memory_peak_bytes: int | None = None
+    pids_peak: int | None = None
+    oom_kills: int | None = None
+    voluntary_context_switches: int | None = None
+    involuntary_context_switches: int | None = None
     sources: dict[str, str] = field(default_factory=lambda: {"wall_s": "spawner:monotonic"})
 
 
@@ -51,6 +63,8 @@ class RunResult:
     # Everything seccomp stopped during the job (kills in any process, EPERM answers to the
     # profile's NOTIFY rules), and what could not be observed.
     denials: dict[str, Any] | None = None
+    # Per captured stream: bytes kept and whether the cap cut it.
+    output: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -116,7 +116,21 @@ def _take_listener(handoff_fd: int, program_pid: int) -> int:
     return listener
 
 
-def become_init(program_pid: int, status_fd: int, handoff_fd: int, seccomp: SeccompPlan | None) -> None:
+def _full(paths: tuple[str, ...]) -> list[str]:
+    """Which size-limited tmpfs mounts have no space or no inodes left."""
+    full = []
+    for path in paths:
+        try:
+            info = os.statvfs(path)
+        except OSError:
+            continue
+        if info.f_bavail == 0 or info.f_favail == 0:
+            full.append(path)
+    return full
+
+
+def become_init(program_pid: int, status_fd: int, handoff_fd: int, seccomp: SeccompPlan | None,
+                sized_tmpfs: tuple[str, ...] = ()) -> None:
     """Never returns."""
     try:
         # Not dumpable: the program (same uid) must not read our memory or /proc/1/environ,
@@ -149,7 +163,7 @@ def become_init(program_pid: int, status_fd: int, handoff_fd: int, seccomp: Secc
                 if pid == 0:
                     break
                 if pid == program_pid:
-                    summary = {"wait_status": status}
+                    summary = {"wait_status": status, "full_tmpfs": _full(sized_tmpfs)}
                     if notices is not None:
                         summary["seccomp_kills"] = notices.kills
                         summary["seccomp_denied"] = notices.denied

@@ -36,6 +36,37 @@ class Rlimit:
 
 
 @dataclass(frozen=True)
+class JobLimits:
+    """Job-wide limits; None: not limited. A request can narrow a policy's, never widen."""
+
+    cpu_time: float | None = None  # seconds of CPU, all the job's processes together
+    wall_time: float | None = None  # seconds
+    memory: int | None = None  # bytes, no swap
+    pids: int | None = None
+    cpus: float | None = None  # CPU bandwidth in cores
+    output: int | None = None  # bytes kept of each of stdout and stderr
+    fsize: int | None = None  # bytes one file may grow to (RLIMIT_FSIZE)
+
+    def narrowed(self, request: "JobLimits") -> "JobLimits":
+        def tighter(ours, theirs):
+            if ours is None:
+                return theirs
+            if theirs is None:
+                return ours
+            return min(ours, theirs)
+
+        return JobLimits(**{name: tighter(getattr(self, name), getattr(request, name))
+                            for name in self.__dataclass_fields__})
+
+    def needs_cgroup(self) -> bool:
+        return any(v is not None for v in (self.cpu_time, self.memory, self.pids, self.cpus))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "JobLimits":
+        return cls(**(data or {}))
+
+
+@dataclass(frozen=True)
 class SeccompPlan:
     mode: str  # "required" | "best-effort"
     profile: str
@@ -65,6 +96,9 @@ class JailTemplate:
     seccomp: SeccompPlan | None = None
     landlock: dict[str, Any] | None = None  # LandlockPlan.to_dict(), or None when off
     landlock_mode: str = "off"
+    limits: JobLimits = field(default_factory=JobLimits)
+    cgroup_mode: str = "off"  # "required" | "best-effort" | "off"
+    sized_tmpfs: tuple[str, ...] = ()  # tmpfs paths whose filling up the init reports
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -101,6 +135,9 @@ class JailTemplate:
             ),
             landlock=data.get("landlock"),
             landlock_mode=data.get("landlock_mode", "off"),
+            limits=JobLimits.from_dict(data.get("limits")),
+            cgroup_mode=data.get("cgroup_mode", "off"),
+            sized_tmpfs=tuple(data.get("sized_tmpfs", ())),
         )
 
 
@@ -112,6 +149,7 @@ class JobSpec:
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()
     workdir: str | None = None  # host directory bound read-write at the work path
+    limits: JobLimits | None = None  # the effective limits (policy's narrowed by the request)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,5 +162,6 @@ class JobSpec:
             argv=tuple(data["argv"]),
             env=tuple((k, v) for k, v in data["env"]),
             workdir=data.get("workdir"),
+            limits=None if data.get("limits") is None else JobLimits.from_dict(data["limits"]),
             extra=dict(data.get("extra") or {}),
         )

@@ -17,6 +17,7 @@ pivot_root or Landlock a lazy import would fail.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import struct
@@ -28,7 +29,7 @@ from sandboxd.jail import caps, fds, identity, idmap, init, landlock, mounts, ne
 from sandboxd.jail import report, rlimits, seccomp, userns
 from sandboxd.jail import syscalls as sc
 from sandboxd.jail.failure import SetupFailure
-from sandboxd.jail.plan import JailTemplate, JobSpec
+from sandboxd.jail.plan import JailTemplate, JobSpec, Rlimit
 
 NAMESPACE_FLAGS = (sc.CLONE_NEWUSER | sc.CLONE_NEWPID | sc.CLONE_NEWNS | sc.CLONE_NEWNET
                    | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS)
@@ -72,7 +73,16 @@ def _mounts(ctx: ChildContext) -> None:
 
 
 def _rlimits(ctx: ChildContext) -> None:
-    ctx.applied["rlimits"] = rlimits.apply(ctx.template.rlimits)
+    limits = ctx.job.limits or ctx.template.limits
+    extra = ()
+    if limits.cpu_time is not None:
+        # A per-process backstop only: the spawner enforces the job-wide CPU limit from the
+        # cgroup's counter well before this fires.
+        seconds = math.ceil(limits.cpu_time) + 1
+        extra = (Rlimit("cpu", seconds, seconds + 1),)
+    if ctx.job.limits is not None and ctx.job.limits.fsize is not None:
+        extra += (Rlimit("fsize", ctx.job.limits.fsize, ctx.job.limits.fsize),)
+    ctx.applied["rlimits"] = rlimits.apply(ctx.template.rlimits + extra)
 
 
 def _landlock(ctx: ChildContext) -> None:
@@ -130,7 +140,8 @@ def _fork_init(ctx: ChildContext) -> None:
         os.close(ctx.report_fd)  # only the program reports set-up; its exec closes the pipe
         if ours >= 0:
             os.close(ours)
-        init.become_init(program, ctx.status_fd, theirs, plan)
+        sized = ctx.template.sized_tmpfs + (() if ctx.job.workdir else (ctx.template.work_path,))
+        init.become_init(program, ctx.status_fd, theirs, plan, sized)
     os.close(ctx.status_fd)
     if theirs >= 0:
         os.close(theirs)

@@ -12,7 +12,7 @@ from functools import lru_cache
 
 from sandboxd.errors import LayerUnavailable
 from sandboxd.jail import landlock
-from sandboxd.jail.plan import JailTemplate, MountOp, Rlimit, SeccompPlan
+from sandboxd.jail.plan import JailTemplate, JobLimits, MountOp, Rlimit, SeccompPlan
 from sandboxd.jail.rlimits import INFINITY
 from sandboxd.policy.load import LoadedPolicy
 from sandboxd.policy.model import Policy
@@ -109,6 +109,18 @@ def seccomp_plan(policy: Policy) -> SeccompPlan | None:
                        notify_nrs=compiled.notify_nrs, default_notifies=compiled.default_notifies)
 
 
+def job_limits(policy: Policy) -> JobLimits:
+    limits = policy.limits
+    return JobLimits(cpu_time=limits.cpu_time, wall_time=limits.wall_time, memory=limits.memory,
+                     pids=limits.pids, cpus=limits.cpus, output=limits.output, fsize=policy.rlimits.fsize)
+
+
+def sized_tmpfs(policy: Policy, ops: tuple[MountOp, ...]) -> tuple[str, ...]:
+    """tmpfs mounts with a size, whose filling up ends a job with a verdict."""
+    paths = ["/tmp", "/dev/shm"] + [op.dest for op in ops if op.kind == "tmpfs"]
+    return tuple(paths)
+
+
 def compile_template(loaded: LoadedPolicy) -> JailTemplate:
     policy = loaded.policy
     ops = mount_ops(policy)
@@ -131,4 +143,7 @@ def compile_template(loaded: LoadedPolicy) -> JailTemplate:
         seccomp=seccomp,
         landlock=None if plan is None else plan.to_dict(),
         landlock_mode=policy.landlock.mode,
+        limits=job_limits(policy),
+        cgroup_mode=policy.cgroup.mode,
+        sized_tmpfs=sized_tmpfs(policy, ops),
     )

@@ -134,6 +134,23 @@ class Rlimits(_Strict):
     msgqueue: Size = 0
 
 
+class Limits(_Strict):
+    """Job-wide limits. A request may narrow them, never widen them."""
+
+    cpu_time: float | None = Field(default=None, gt=0)  # seconds, all processes
+    wall_time: float | None = Field(default=None, gt=0)  # seconds
+    memory: Size | None = None  # bytes of RAM, no swap
+    pids: int | None = Field(default=None, ge=1)  # processes and threads at once
+    cpus: float | None = Field(default=None, gt=0)  # CPU bandwidth in cores
+    output: Size | None = None  # bytes each of stdout and stderr that are kept
+
+
+class Cgroup(_Strict):
+    # required: refuse the job when the host cannot give the cgroup controllers the limits
+    # need; best-effort: run without them (the result's layers say what was not enforced).
+    mode: LayerMode = "required"
+
+
 class Seccomp(_Strict):
     mode: LayerMode = "required"
     profile: str = "default"
@@ -165,6 +182,8 @@ class Policy(_Strict):
     network: Network = Field(default_factory=Network)
     filesystem: Filesystem = Field(default_factory=Filesystem)
     rlimits: Rlimits = Field(default_factory=Rlimits)
+    limits: Limits = Field(default_factory=Limits)
+    cgroup: Cgroup = Field(default_factory=Cgroup)
     seccomp: Seccomp = Field(default_factory=Seccomp)
     landlock: Landlock = Field(default_factory=Landlock)
 

@@ -1,8 +1,8 @@
 """The caller's side of the spawner: start it, define templates, run jobs, read events.
 
-Two ways to start it, one protocol:
-- ``start_forked()`` for a single-threaded caller such as the CLI: a plain fork, ~1 ms;
-- ``start_exec()`` for a caller that has threads (the asyncio service): a fresh interpreter.
+The spawner is always a fresh interpreter (``start_exec``): forked from its caller it would
+inherit the caller's memory (fork cost grows with it) and every fd the caller had open —
+another client's socket, a job's output pipe — keeping them alive as long as it lives.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import select
 import socket
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,27 +40,6 @@ class SpawnerClient:
         self._pending: list[Event] = []
 
     # --- starting ------------------------------------------------------------------------
-    @classmethod
-    def start_forked(cls) -> "SpawnerClient":
-        if threading.active_count() != 1:
-            raise RuntimeError("start_forked() needs a single-threaded caller; use start_exec()")
-        ours, theirs = protocol.socketpair()
-        pid = os.fork()
-        if pid == 0:  # the spawner
-            status = 0
-            try:
-                ours.close()
-                from sandboxd.spawner import server
-
-                server.prepare_process()
-                server.Spawner(theirs).serve()
-            except BaseException:
-                status = 70
-            finally:
-                os._exit(status)
-        theirs.close()
-        return cls(ours, pid)
-
     @classmethod
     def start_exec(cls, python: str | None = None) -> "SpawnerClient":
         ours, theirs = protocol.socketpair()
@@ -104,6 +82,13 @@ class SpawnerClient:
         self.define(template)
         protocol.send(self.sock, {"op": "run", "template": template.policy_hash, "job": job.to_dict()},
                       list(stdio))
+
+    def take_pending(self, job_id: str | None = None) -> Event | None:
+        """An event already received (for ``job_id`` if given), without reading the socket."""
+        for index, event in enumerate(self._pending):
+            if job_id is None or event.job_id == job_id:
+                return self._pending.pop(index)
+        return None
 
     def next_event(self, job_id: str | None = None, timeout: float | None = None) -> Event | None:
         """The next event (for ``job_id`` if given); None on timeout."""

@@ -22,22 +22,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sandboxd.jail import spine
+from sandboxd.jail import cgroups, spine
 from sandboxd.jail import syscalls as sc
 from sandboxd.jail.failure import SetupFailure
 from sandboxd.jail.plan import JailTemplate, JobSpec
-from sandboxd.jail.userns import IdAllocator, IdLease
+from sandboxd.jail.userns import IdAllocator
 from sandboxd.spawner import protocol
-
-
-@dataclass
-class RunningJob:
-    job_id: str
-    pid: int
-    pidfd: int
-    started: float
-    lease: IdLease
-    status_fd: int
+from sandboxd.spawner.jobs import RunningJob, cgroup_for, limit_value
 
 
 class Spawner:
@@ -48,6 +39,9 @@ class Spawner:
         self.jobs: dict[int, RunningJob] = {}  # by pidfd
         self.poller = select.poll()
         self.poller.register(sock.fileno(), select.POLLIN)
+        self.cgroups = cgroups.detect()
+        # What a sandboxd that died without cleaning up left behind: its jobs' cgroups.
+        self.swept = self.cgroups.sweep() if self.cgroups is not None else []
 
     # --- requests ------------------------------------------------------------------------
     def handle(self, message: dict[str, Any], fds: list[int]) -> None:
@@ -70,29 +64,46 @@ class Spawner:
             for fd in fds:
                 os.close(fd)
 
+    def _refuse(self, job: JobSpec, stage: str, detail: str, errno: int = 0) -> None:
+        protocol.send(self.sock, {"event": "failed", "job_id": job.job_id, "error": {
+            "stage": stage, "detail": detail, "errno": errno,
+            "exit_code": spine.EXIT_SETUP_FAILED}, "final": True})
+
     def run(self, message: dict[str, Any], fds: list[int]) -> None:
         job = JobSpec.from_dict(message["job"])
+        cgroup = None
         try:
             if len(fds) != 3:
                 raise ValueError(f"a run needs 3 stdio fds, got {len(fds)}")
             template = self.templates.get(message["template"])
             if template is None:
                 raise ValueError(f"unknown template {message['template']!r}")
+            limits = job.limits or template.limits
             try:
-                launched = spine.launch(template, job, (fds[0], fds[1], fds[2]), self.ids)
+                cgroup, cgroup_layer = cgroup_for(self.cgroups, job.job_id, limits, template.cgroup_mode)
+            except cgroups.CgroupUnavailable as exc:
+                self._refuse(job, "cgroup", f"refused: {exc} (the policy requires cgroups; "
+                             "set cgroup.mode = \"best-effort\" to run without)")
+                return
+            try:
+                launched = spine.launch(template, job, (fds[0], fds[1], fds[2]), self.ids,
+                                        place_in_cgroup=None if cgroup is None else cgroup.place)
             except (SetupFailure, OSError) as exc:
                 if isinstance(exc, OSError):
                     exc = SetupFailure(f"{exc.filename or 'spawner'}: {exc.strerror}", exc.errno or 0)
-                protocol.send(self.sock, {"event": "failed", "job_id": job.job_id, "error": {
-                    "stage": "spawner", "detail": exc.detail, "errno": exc.errno,
-                    "exit_code": spine.EXIT_SETUP_FAILED}, "final": True})
+                if cgroup is not None:
+                    cgroup.remove()
+                self._refuse(job, "spawner", exc.detail, exc.errno)
                 return
         finally:
             for fd in fds:
                 os.close(fd)
         self.jobs[launched.pidfd] = RunningJob(job.job_id, launched.pid, launched.pidfd,
-                                               launched.started, launched.lease, launched.status_fd)
+                                               launched.started, launched.lease, launched.status_fd,
+                                               limits, cgroup)
         self.poller.register(launched.pidfd, select.POLLIN)
+        if launched.ready is not None:
+            launched.ready["cgroup"] = cgroup_layer
         if launched.error is not None:
             protocol.send(self.sock, {"event": "failed", "job_id": job.job_id, "error": launched.error,
                                       "final": False})
@@ -109,8 +120,12 @@ class Spawner:
     def reap(self, pidfd: int) -> None:
         job = self.jobs.pop(pidfd)
         self.poller.unregister(pidfd)
-        _, init_status, _rusage = os.wait4(job.pid, 0)
+        _, init_status, rusage = os.wait4(job.pid, 0)
         wall = time.monotonic() - job.started
+        try:
+            usage = job.finish()
+        except OSError as exc:
+            usage = {"error": f"cgroup teardown: {exc}"}
         # The program's own status, as the job's init saw it; the init's when it never ran.
         program = spine.program_exit(job.status_fd) or {}
         status = program.get("wait_status")
@@ -129,7 +144,14 @@ class Spawner:
             "status_from": source,
             "seccomp_kills": program.get("seccomp_kills", []),
             "seccomp_denied": program.get("seccomp_denied", {}),
+            "full_tmpfs": program.get("full_tmpfs", []),
+            "killed_for": job.killed_for,
+            "limit_value": limit_value(job),
             "wall_s": wall,
+            "cgroup_usage": usage,
+            # The init's rusage includes the program and every descendant it reaped.
+            "rusage": {"utime": rusage.ru_utime, "stime": rusage.ru_stime,
+                       "nvcsw": rusage.ru_nvcsw, "nivcsw": rusage.ru_nivcsw},
         })
 
     def kill_all(self) -> None:
@@ -143,17 +165,37 @@ class Spawner:
                 os.waitpid(job.pid, 0)
             except ChildProcessError:
                 pass
+            try:
+                job.finish()
+            except OSError:
+                pass
             os.close(pidfd)
             os.close(job.status_fd)
             job.lease.release()
         self.jobs.clear()
+        if self.cgroups is not None:
+            self.cgroups.close()
+
+    def _timeout_ms(self) -> int | None:
+        if not self.jobs:
+            return None
+        soonest = min(job.next_check for job in self.jobs.values())
+        if soonest == float("inf"):
+            return None
+        return max(0, int((soonest - time.monotonic()) * 1000) + 1)
+
+    def _check_clocks(self) -> None:
+        current = time.monotonic()
+        for job in self.jobs.values():
+            if job.next_check <= current:
+                job.check(current)
 
     # --- loop ----------------------------------------------------------------------------
     def serve(self) -> None:
         sock_fd = self.sock.fileno()
         try:
             while True:
-                for fd, events in self.poller.poll():
+                for fd, events in self.poller.poll(self._timeout_ms()):
                     if fd == sock_fd:
                         if events & select.POLLIN:
                             message, fds = protocol.receive(self.sock)
@@ -164,6 +206,7 @@ class Spawner:
                             return
                     elif fd in self.jobs:
                         self.reap(fd)
+                self._check_clocks()
         except (BrokenPipeError, ConnectionResetError):
             return
         finally:

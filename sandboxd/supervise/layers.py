@@ -38,4 +38,5 @@ def describe(started: dict[str, Any], network: str) -> dict[str, Any]:
         "hostname": readback.get("hostname"),
         "mounts": readback.get("mounts"),
         "rlimits": applied.get("rlimits"),
+        "cgroup": ready.get("cgroup"),
     }
