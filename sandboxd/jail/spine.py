@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
 import struct
 import time
@@ -103,6 +104,22 @@ def _landlock(ctx: ChildContext) -> None:
     }
 
 
+def _default_signals(ctx: ChildContext) -> None:
+    """Dispositions and mask as a freshly started program expects them.
+
+    execve resets handled signals but keeps ignored ones and the mask: Python ignores
+    SIGPIPE and SIGXFSZ (and the spawner SIGINT), which would make `yes | head` and the
+    file-size limit behave differently inside the jail.
+    """
+    for number in _RESETTABLE_SIGNALS:
+        signal.signal(number, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
+_RESETTABLE_SIGNALS = tuple(s for s in signal.valid_signals()
+                            if s not in (signal.SIGKILL, signal.SIGSTOP) and s < signal.SIGRTMIN)
+
+
 def _seccomp(ctx: ChildContext) -> None:
     plan = ctx.template.seccomp
     if plan is None:
@@ -162,6 +179,7 @@ CHILD_STAGES: tuple[tuple[str, Callable[[ChildContext], None]], ...] = (
     ("landlock", _landlock),
     ("fds", lambda ctx: fds.install_stdio(ctx.stdio)),
     ("init", _fork_init),
+    ("signals", _default_signals),
     ("seccomp", _seccomp),
 )
 
@@ -185,9 +203,15 @@ def _environment(ctx: ChildContext) -> dict[str, str]:
 def run_child(ctx: ChildContext) -> NoReturn:
     """The child's whole life until execve. Never returns; never raises."""
     stage = "start"
+    timings: dict[str, float] = {}
     try:
+        last = time.perf_counter()
         for stage, step in CHILD_STAGES:
             step(ctx)
+            now = time.perf_counter()
+            timings[stage] = round((now - last) * 1000, 3)
+            last = now
+        ctx.applied["stage_ms"] = timings
         stage = "exec"
         report.write_frame(ctx.report_fd, "ready", {
             "applied": ctx.applied, "readback": readback.read_self(), "namespaces": _namespace_ids(),

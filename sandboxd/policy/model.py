@@ -12,17 +12,19 @@ import hashlib
 import json
 import posixpath
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Iterable, Iterator, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from sandboxd.policy.sizes import parse_size
 
 Size = Annotated[int, BeforeValidator(parse_size)]
 """Bytes; the file may say 4096, "64K", "64M" or "1G"."""
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+# Always used with fullmatch: ``$`` would also match before a trailing newline.
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 LayerMode = Literal["required", "best-effort", "off"]
 
 
@@ -108,7 +110,7 @@ class Process(_Strict):
     @field_validator("hostname")
     @classmethod
     def _hostname(cls, value: str) -> str:
-        if not _HOSTNAME.match(value):
+        if not _HOSTNAME.fullmatch(value):
             raise ValueError(f"{value!r} is not a valid hostname")
         return value
 
@@ -116,7 +118,7 @@ class Process(_Strict):
     @classmethod
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
         for name, item in value.items():
-            if not _ENV_NAME.match(name):
+            if not _ENV_NAME.fullmatch(name):
                 raise ValueError(f"{name!r} is not a valid environment variable name")
             if "\0" in item:
                 raise ValueError(f"the value of {name} contains a NUL byte")
@@ -189,16 +191,37 @@ class Policy(_Strict):
 
     @model_validator(mode="after")
     def _no_mount_collisions(self) -> "Policy":
-        seen: set[str] = set()
-        reserved = {"/proc", "/dev", "/tmp", "/dev/shm", self.filesystem.work_path}
-        for index, mount in enumerate(self.filesystem.mounts):
-            target = mount.target
-            if target in reserved:
-                raise ValueError(f"filesystem.mounts[{index}]: {target} is managed by sandboxd")
-            if target in seen:
-                raise ValueError(f"filesystem.mounts[{index}]: {target} is mounted twice")
-            seen.add(target)
+        for index, reason in mount_collisions(self.filesystem.mounts, self.filesystem.work_path):
+            # The error belongs to one mount, but an "after" validator cannot set its location:
+            # the index travels in the context and the loader names filesystem.mounts[INDEX].
+            raise PydanticCustomError(MOUNT_COLLISION, "{reason}", {"index": index, "reason": reason})
         return self
+
+
+MOUNT_COLLISION = "mount_collision"
+"""Error type of a mount collision; its context has the mount's ``index`` and the ``reason``."""
+
+RESERVED_TARGETS = ("/proc", "/dev", "/tmp", "/dev/shm")
+"""Mount points sandboxd sets up itself (and the work path); a policy may not mount on them."""
+
+
+def mount_collision(target: str, taken: Iterable[str], work_path: str) -> str | None:
+    """Why a mount on ``target`` is refused when ``taken`` are already mounted, or None."""
+    if target in RESERVED_TARGETS or target == work_path:
+        return f"{target} is managed by sandboxd"
+    if target in taken:
+        return f"{target} is mounted twice"
+    return None
+
+
+def mount_collisions(mounts: Iterable[Mount], work_path: str) -> Iterator[tuple[int, str]]:
+    """(index, reason) of every mount whose target is reserved or already mounted."""
+    seen: set[str] = set()
+    for index, mount in enumerate(mounts):
+        reason = mount_collision(mount.target, seen, work_path)
+        if reason is not None:
+            yield index, reason
+        seen.add(mount.target)
 
 
 def policy_hash(policy: Policy) -> str:

@@ -5,24 +5,56 @@ from __future__ import annotations
 import re
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+# ASCII digits only (``\d`` would take any Unicode digit), spaces and tabs around the parts,
+# matched with fullmatch (``$`` would also match before a trailing newline).
+_SIZE = re.compile(r"[ \t]*([0-9]+)(?:\.([0-9]+))?[ \t]*([KMGT]?)(?:i?B)?[ \t]*", re.IGNORECASE | re.ASCII)
+
+MAX_SIZE = (1 << 63) - 1
+"""The largest size accepted: what fits a signed 64-bit byte count (about 8 exabytes)."""
+
+# More digits than this cannot be a size below MAX_SIZE (19 digits) or change it by a byte
+# (2**40 * 10**-16 < 1); refusing them early keeps int() away from huge digit strings.
+_MAX_INT_DIGITS = 19
+_MAX_FRACTION_DIGITS = 16
+
+
+def _shown(value: str) -> str:
+    return repr(value) if len(value) <= 40 else repr(value[:20]) + "..."
 
 
 def parse_size(value: int | str) -> int:
-    """Return a byte count; accepts ints and strings with K/M/G/T suffixes (powers of 1024)."""
+    """Return a byte count; accepts ints and strings with K/M/G/T suffixes (powers of 1024).
+
+    Fractions are exact (``"1.5G"`` is 1610612736 bytes; a fraction of a byte is dropped);
+    anything above :data:`MAX_SIZE` is refused with a ``ValueError`` like any malformed size.
+    """
     if isinstance(value, bool):
         raise ValueError("a size must be a number of bytes or a string like '64M'")
     if isinstance(value, int):
         if value < 0:
             raise ValueError("a size cannot be negative")
+        if value > MAX_SIZE:
+            raise ValueError(f"a size cannot be more than {MAX_SIZE} bytes")
         return value
     if not isinstance(value, str):
         raise ValueError("a size must be a number of bytes or a string like '64M'")
-    match = _SIZE.match(value)
+    match = _SIZE.fullmatch(value)
     if not match:
-        raise ValueError(f"{value!r} is not a size (use bytes or a K/M/G/T suffix, e.g. '64M')")
-    number, unit = match.groups()
-    return int(float(number) * _UNITS[unit.upper()])
+        raise ValueError(f"{_shown(value)} is not a size (use bytes or a K/M/G/T suffix, e.g. '64M')")
+    whole, fraction, unit = match.groups()
+    fraction = (fraction or "").rstrip("0")
+    whole = whole.lstrip("0") or "0"
+    if len(whole) > _MAX_INT_DIGITS:
+        raise ValueError(f"{_shown(value)} is too large for a size (at most {MAX_SIZE} bytes)")
+    if len(fraction) > _MAX_FRACTION_DIGITS:
+        raise ValueError(f"{_shown(value)} has too many decimals for a size (at most {_MAX_FRACTION_DIGITS})")
+    scale = _UNITS[unit.upper()]
+    size = int(whole) * scale
+    if fraction:
+        size += int(fraction) * scale // 10 ** len(fraction)
+    if size > MAX_SIZE:
+        raise ValueError(f"{_shown(value)} is too large for a size (at most {MAX_SIZE} bytes)")
+    return size
 
 
 def format_size(value: int) -> str:

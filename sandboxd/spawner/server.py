@@ -215,17 +215,20 @@ class Spawner:
 
 def prepare_process() -> None:
     """Make this process fit to be the spawner (called once, right after it starts)."""
+    if os.geteuid() == 0:
+        # Root's supplementary groups would travel into every job (setgroups is denied there).
+        os.setgroups([])
     # If the caller dies, so do we (and our jobs with us, through their own death signals).
+    # After setgroups: any credential change clears the death signal.
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:
+        os._exit(1)  # the caller died before the death signal was armed
     # Keep 0-2 occupied so a received fd can never land on them.
     for fd in (0, 1, 2):
         try:
             os.fstat(fd)
         except OSError:
             os.open("/dev/null", os.O_RDWR)
-    if os.geteuid() == 0:
-        # Root's supplementary groups would travel into every job (setgroups is denied there).
-        os.setgroups([])
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 

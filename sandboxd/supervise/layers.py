@@ -39,4 +39,5 @@ def describe(started: dict[str, Any], network: str) -> dict[str, Any]:
         "mounts": readback.get("mounts"),
         "rlimits": applied.get("rlimits"),
         "cgroup": ready.get("cgroup"),
+        "stage_ms": applied.get("stage_ms"),
     }
