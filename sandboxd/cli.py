@@ -186,12 +186,15 @@ def cmd_policy(args: argparse.Namespace) -> int:
     from sandboxd.policy.load import load_policy
 
     if args.policy_command == "check":
+        from sandboxd.policy.compile import compile_template
+
         failures = 0
         for path in args.files:
             try:
                 loaded = load_policy(path if ("/" in path or path.endswith(".toml")) else f"./{path}")
+                compile_template(loaded)  # what only compiling finds: a missing seccomp profile…
                 print(f"{path}: ok ({loaded.hash})")
-            except SandboxdInputError as exc:
+            except (SandboxdInputError, LayerUnavailable) as exc:
                 print(str(exc), file=sys.stderr)
                 failures += 1
         return EXIT_USAGE if failures else 0
@@ -218,7 +221,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
                 failures += 1
         return EXIT_USAGE if failures else 0
     profile = seccomp_profile.load_profile(seccomp_profile.find_profile(args.name))
-    for row in seccomp_compile.effective_table(profile, args.arch):
+    try:
+        table = seccomp_compile.effective_table(profile, args.arch)
+    except ValueError as exc:
+        raise SandboxdInputError(f"--arch {args.arch}: {exc}") from None
+    for row in table:
         print(row if isinstance(row, str) else "  ".join(str(part) for part in _row_parts(row)))
     return 0
 
@@ -242,6 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except BrokenPipeError:
+        # The reader went away (`sandboxd profile show … | head`): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except SandboxdInputError as exc:
         print(f"sandboxd: {exc}", file=sys.stderr)
         return EXIT_USAGE

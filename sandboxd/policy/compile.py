@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from sandboxd.errors import LayerUnavailable
+from sandboxd.errors import LayerUnavailable, PolicyError, SandboxdInputError
 from sandboxd.jail import landlock
 from sandboxd.jail.plan import JailTemplate, JobLimits, MountOp, Rlimit, SeccompPlan
 from sandboxd.jail.rlimits import INFINITY
@@ -54,15 +54,23 @@ def rlimit_list(policy: Policy) -> tuple[Rlimit, ...]:
     return tuple(Rlimit(name, value, value) for name, value in values.items())
 
 
-def writable_paths(policy: Policy, ops: tuple[MountOp, ...]) -> list[str]:
+def writable_paths(policy: Policy, ops: tuple[MountOp, ...], source: str) -> list[str]:
     paths = [policy.filesystem.work_path, "/tmp", "/dev/shm"]
     for op in ops:
         if op.writable and (op.kind == "tmpfs" or not op.optional or os.path.exists(op.source)):
             paths.append(op.dest)
+    for index, read_only in enumerate(policy.landlock.read_only):
+        for path in paths:
+            if read_only != path and read_only.startswith(path.rstrip("/") + "/"):
+                # Landlock rights granted on a directory hold for everything beneath it; a
+                # read-only hole below a writable path cannot be made, so refuse to pretend.
+                raise PolicyError(source, f"landlock.read_only[{index}]",
+                                  f"{read_only} is beneath the writable {path}; Landlock cannot take "
+                                  "rights away below a path it grants them on")
     return [p for p in paths if p not in policy.landlock.read_only]
 
 
-def landlock_plan(policy: Policy, ops: tuple[MountOp, ...]) -> landlock.LandlockPlan | None:
+def landlock_plan(policy: Policy, ops: tuple[MountOp, ...], source: str = "policy") -> landlock.LandlockPlan | None:
     settings = policy.landlock
     if settings.mode == "off":
         return None
@@ -71,7 +79,7 @@ def landlock_plan(policy: Policy, ops: tuple[MountOp, ...]) -> landlock.Landlock
         return landlock.build_plan(
             # Read and execute everywhere the mounts show; writing only where the policy says.
             read_only=["/"],
-            read_write=writable_paths(policy, ops),
+            read_write=writable_paths(policy, ops, source),
             ioctl_dev=list(_DEVICE_FILES),
             tcp_bind=None if network.tcp_bind is None else list(network.tcp_bind),
             tcp_connect=None if network.tcp_connect is None else list(network.tcp_connect),
@@ -94,12 +102,14 @@ def _compiled_profile(name: str, allow_foreign_arches: bool, notify_kills: bool)
     return compile_profile(profile, allow_foreign_arches=allow_foreign_arches, notify_kills=notify_kills)
 
 
-def seccomp_plan(policy: Policy) -> SeccompPlan | None:
+def seccomp_plan(policy: Policy, source: str = "policy") -> SeccompPlan | None:
     settings = policy.seccomp
     if settings.mode == "off":
         return None
     try:
         compiled = _compiled_profile(settings.profile, settings.allow_foreign_arches, settings.name_kills)
+    except SandboxdInputError as exc:
+        raise PolicyError(source, "seccomp.profile", str(exc)) from None
     except OSError as exc:
         if settings.mode == "best-effort":
             return None
@@ -124,10 +134,10 @@ def sized_tmpfs(policy: Policy, ops: tuple[MountOp, ...]) -> tuple[str, ...]:
 def compile_template(loaded: LoadedPolicy) -> JailTemplate:
     policy = loaded.policy
     ops = mount_ops(policy)
-    plan = landlock_plan(policy, ops)
+    plan = landlock_plan(policy, ops, loaded.source)
     if plan is not None and not plan.enforced and policy.landlock.mode == "required":
         raise LayerUnavailable("landlock", "this kernel has no Landlock")
-    seccomp = seccomp_plan(policy)
+    seccomp = seccomp_plan(policy, loaded.source)
     return JailTemplate(
         policy_name=loaded.name,
         policy_hash=loaded.hash,

@@ -370,10 +370,6 @@ def test_result_reports_the_enforced_landlock_layer(sandbox: Runner, policy: str
         assert "  scoped: ABSTRACT_UNIX_SOCKET,SIGNAL" in rights
 
 
-@pytest.mark.xfail(strict=True, reason="sandboxd bug: landlock.read_only only removes an EXACT writable path "
-                   "(compile.writable_paths), and Landlock rights are unioned down the tree, so a read_only "
-                   "path beneath a writable one (e.g. /work/ro under /work) validates and is silently not "
-                   "enforced; it should be refused at load time (fail closed) or enforced")
 def test_read_only_beneath_a_writable_path_is_refused_or_enforced(sandbox: Runner) -> None:
     work = sandbox.make_dir()
     (work / "ro").mkdir()

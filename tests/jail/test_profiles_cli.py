@@ -180,9 +180,6 @@ def test_show_unknown_profile_is_one_line() -> None:
     assert len(proc.stderr.splitlines()) == 1 and "no-such-profile" in proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="sandboxd bug: `profile show NAME --arch sparc` raises ValueError from "
-                   "seccomp_compile.normalise_arch; cmd_profile does not turn it into an input error, so the "
-                   "user gets a traceback and exit 1 instead of one line and exit 2")
 def test_show_unknown_arch_is_one_line() -> None:
     proc = sandboxd("profile", "show", "default", "--arch", "sparc")
     assert "Traceback" not in proc.stderr
