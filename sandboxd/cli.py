@@ -105,6 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser("doctor", help="what this host can give each layer")
     doctor.add_argument("--json", action="store_true")
+
+    serve = commands.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:8080; '' for none")
+    serve.add_argument("--unix-socket", metavar="PATH")
+    serve.add_argument("--state-dir", metavar="DIR")
+    serve.add_argument("--config", metavar="FILE", help="TOML file of settings (docs/service.md)")
+    serve.add_argument("--slots", type=_positive_int, metavar="N")
+
+    from sandboxd.service import auth
+
+    auth.add_commands(commands)
     return parser
 
 
@@ -242,7 +253,26 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return doctor.main(["--json"] if args.json else [])
 
 
-COMMANDS = {"run": cmd_run, "policy": cmd_policy, "profile": cmd_profile, "doctor": cmd_doctor}
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from sandboxd.service.config import load_config
+    from sandboxd.service.server import serve
+
+    config = load_config(args.config, {"listen": args.listen, "unix_socket": args.unix_socket,
+                                       "state_dir": args.state_dir, "slots": args.slots})
+    asyncio.run(serve(config))
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from sandboxd.service import auth
+
+    return auth.run(args)
+
+
+COMMANDS = {"run": cmd_run, "policy": cmd_policy, "profile": cmd_profile, "doctor": cmd_doctor,
+            "serve": cmd_serve, "token": cmd_token}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,187 @@
+"""The life of a run in the service: stored, queued fairly, executed, finished — or
+cancelled, or failed with a reason — and every step written down before it is acted on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import structlog
+
+from sandboxd.errors import LayerUnavailable, SandboxdInputError
+from sandboxd.service.events import EventHub
+from sandboxd.service.executor import Executor
+from sandboxd.service.metrics import Metrics
+from sandboxd.service.scheduler import QueueFull, Scheduler, Ticket
+from sandboxd.service.schemas import RunRequest
+from sandboxd.service.store import JobStore
+
+log = structlog.get_logger("sandboxd.runs")
+
+
+@dataclass
+class Submitter:
+    """Who asked: the tenant and the limits of their token."""
+
+    tenant: str
+    token_id: str
+    max_running: int
+    max_queued: int
+    request_id: str | None = None
+    client: str | None = None
+
+
+@dataclass
+class ActiveRun:
+    run_id: str
+    ticket: Ticket
+    task: asyncio.Task
+    done: asyncio.Future
+    cancel_reason: str | None = None
+    keep_queued: bool = False  # shutdown: leave it queued in the store for the next start
+
+
+class RunManager:
+    def __init__(self, store: JobStore, scheduler: Scheduler, executor: Executor, hub: EventHub,
+                 metrics: Metrics, audit: Callable[..., Any] | None = None) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.executor = executor
+        self.hub = hub
+        self.metrics = metrics
+        self.audit = audit or (lambda event, **fields: None)
+        self.active: dict[str, ActiveRun] = {}
+        self.accepting = True
+
+    async def submit(self, request: RunRequest, who: Submitter, *, recovered_id: str | None = None,
+                     created_at: float | None = None) -> str:
+        if not self.accepting:
+            raise QueueFull("the service is shutting down")
+        run_id = recovered_id or uuid.uuid4().hex
+        loop = asyncio.get_running_loop()
+        ticket = Ticket(run_id, who.tenant, who.token_id, who.max_running)
+        # Queue caps are checked before anything is stored: a refused run leaves no trace.
+        self.scheduler.submit(ticket, who.max_queued if recovered_id is None else 1 << 30)
+        if recovered_id is None:
+            created_at = await self.store.add(run_id, who.tenant, who.token_id, request.policy,
+                                              request.model_dump(mode="json"))
+        self.hub.publish(run_id, "queued", {"id": run_id})
+        self.audit("job_queued", run_id=run_id, tenant=who.tenant, policy=request.policy,
+                   request_id=who.request_id, client=who.client)
+        done: asyncio.Future = loop.create_future()
+        task = asyncio.create_task(self._run(run_id, request, who, ticket, created_at or time.time(), done))
+        self.active[run_id] = ActiveRun(run_id, ticket, task, done)
+        self._gauges()
+        return run_id
+
+    async def _run(self, run_id: str, request: RunRequest, who: Submitter, ticket: Ticket,
+                   created_at: float, done: asyncio.Future) -> None:
+        status, result, reason = "failed", None, None
+        try:
+            await self.scheduler.wait_turn(ticket)
+            self.metrics.queue_wait.observe(max(0.0, time.time() - created_at))
+            await self.store.mark_running(run_id)
+            self._gauges()
+            self.audit("job_started", run_id=run_id, tenant=who.tenant, policy=request.policy)
+            result = await self.executor.execute(run_id, request)
+            status = "finished"
+        except asyncio.CancelledError:
+            status = "cancelled"
+            reason = self.active[run_id].cancel_reason if run_id in self.active else "cancelled"
+        except (SandboxdInputError, LayerUnavailable) as exc:
+            reason = str(exc)
+        except Exception as exc:  # a bug of ours: the run fails with the reason, the service lives
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+            log.exception("run_failed", run_id=run_id)
+        finally:
+            self.scheduler.release(ticket)
+        active = self.active.get(run_id)
+        if status == "cancelled" and active is not None and active.keep_queued:
+            self.active.pop(run_id, None)
+            if not done.done():
+                done.set_result(("queued", None, "the service is restarting; the run stays queued"))
+            return
+        await asyncio.shield(self._record(run_id, who, request, status, result, reason, done))
+
+    async def _record(self, run_id: str, who: Submitter, request: RunRequest, status: str,
+                      result: dict[str, Any] | None, reason: str | None, done: asyncio.Future) -> None:
+        try:
+            await self.store.finish(run_id, status, result, reason)
+        finally:
+            verdict = (result or {}).get("verdict", status.upper())
+            self.metrics.jobs.labels(verdict=verdict, tenant=who.tenant).inc()
+            if result is not None:
+                self.metrics.duration.observe(result.get("usage", {}).get("wall_s", 0.0))
+            self.audit("job_finished", run_id=run_id, tenant=who.tenant, policy=request.policy,
+                       status=status, reason=reason, result=result, argv=request.argv,
+                       env_names=sorted(request.env), request_id=who.request_id, client=who.client)
+            self.hub.publish(run_id, "finished", {"id": run_id, "status": status, "reason": reason,
+                                                  "result": result})
+            self.active.pop(run_id, None)
+            self._gauges()
+            if not done.done():
+                done.set_result((status, result, reason))
+
+    async def wait(self, run_id: str, timeout: float) -> tuple[str, dict[str, Any] | None, str | None] | None:
+        active = self.active.get(run_id)
+        if active is None:
+            return None
+        try:
+            return await asyncio.wait_for(asyncio.shield(active.done), timeout)
+        except asyncio.TimeoutError:
+            return None
+
+    def cancel(self, run_id: str, reason: str) -> bool:
+        active = self.active.get(run_id)
+        if active is None:
+            return False
+        active.cancel_reason = reason
+        active.task.cancel()
+        return True
+
+    async def recover(self, tokens: Callable[[str], Submitter | None]) -> dict[str, int]:
+        """After a (re)start: queued runs are queued again; runs that were running fail."""
+        queued, failed = await self.store.recover()
+        requeued = 0
+        for row in queued:
+            who = tokens(row.token_id)
+            if who is None:
+                await self.store.finish(row.id, "failed", None, "the token that submitted it was revoked")
+                continue
+            try:
+                request = RunRequest.model_validate_json(json.dumps(row.request))
+            except ValueError as exc:
+                await self.store.finish(row.id, "failed", None, f"stored request no longer valid: {exc}")
+                continue
+            await self.submit(request, who, recovered_id=row.id, created_at=row.created_at)
+            requeued += 1
+        return {"requeued": requeued, "failed_running": failed}
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop taking runs; give running ones ``grace`` seconds, then cancel them. Queued runs
+        stay queued in the store and run after the next start."""
+        self.accepting = False
+        running = [a for a in self.active.values() if a.ticket in self.scheduler.running]
+        waiting = [a for a in self.active.values() if a not in running]
+        for active in waiting:  # leave them queued in the store, untouched
+            active.keep_queued = True
+            self.scheduler.cancel(active.ticket)
+            active.task.cancel()
+        if running:
+            await asyncio.wait([a.task for a in running], timeout=grace)
+        for active in list(self.active.values()):
+            if not active.task.done():
+                active.cancel_reason = "the service shut down before the run finished"
+                active.task.cancel()
+        tasks = [a.task for a in self.active.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=max(grace, 5))
+
+    def _gauges(self) -> None:
+        self.metrics.queued.set(self.scheduler.queued)
+        self.metrics.running.set(len(self.scheduler.running))
+
