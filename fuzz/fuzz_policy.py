@@ -73,27 +73,7 @@ def _is_multiline_policy_error(exc: BaseException) -> bool:
 
 KNOWN: dict[str, tuple[str, object]] = {
     # id: (regression test in tests/test_fuzz_regressions.py, predicate on the exception)
-    "policy-non-utf8": (
-        "test_policy_non_utf8_file_is_a_policy_error",
-        lambda e: isinstance(e, UnicodeDecodeError),
-    ),
-    "policy-toml-int-digits": (
-        "test_policy_huge_toml_integer_is_a_policy_error",
-        lambda e: type(e) is ValueError and "integer string conversion" in str(e),
-    ),
-    "policy-toml-recursion": (
-        "test_policy_deeply_nested_toml_is_a_policy_error",
-        lambda e: isinstance(e, RecursionError),
-    ),
-    "policy-size-overflow": (
-        "test_policy_huge_size_string_is_a_policy_error",
-        lambda e: isinstance(e, OverflowError)
-        and any(f.endswith(os.path.join("sandboxd", "policy", "sizes.py")) for f in _frames(e)),
-    ),
-    "policy-multiline-key": (
-        "test_policy_error_with_newline_in_key_is_one_line",
-        _is_multiline_policy_error,
-    ),
+    # (none open: every finding so far is fixed and has a regression test)
 }
 
 

@@ -56,14 +56,7 @@ class ContractViolation(AssertionError):
 
 KNOWN: dict[str, tuple[str, object]] = {
     # id: (regression test in tests/test_fuzz_regressions.py, predicate on the exception)
-    "seccomp-int-digits": (
-        "test_profile_huge_json_integer_is_a_profile_error",
-        lambda e: type(e) is ValueError and "integer string conversion" in str(e),
-    ),
-    "seccomp-json-recursion": (
-        "test_profile_deeply_nested_json_is_a_profile_error",
-        lambda e: isinstance(e, RecursionError),
-    ),
+    # (none open: every finding so far is fixed and has a regression test)
 }
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from sandboxd.errors import PolicyError
 from sandboxd.policy.load import Overrides, apply_overrides, load_policy, read_policy_file, validate_policy
-from sandboxd.policy.seccomp_profile import ProfileError, load_profile, parse_profile
+from sandboxd.policy.seccomp_profile import ProfileError, find_profile, load_profile, parse_profile
 
 
 def _one_line(error: Exception, source: str) -> None:
@@ -31,9 +31,6 @@ def _load_toml(path: Path) -> None:
 # --------------------------------------------------------------------------- policy loader
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError, reason=(
-    "read_policy_file lets UnicodeDecodeError from tomllib.load escape for a file that is not "
-    "UTF-8 (found by fuzz_policy in seconds; KNOWN policy-non-utf8)"))
 def test_policy_non_utf8_file_is_a_policy_error(tmp_path: Path) -> None:
     path = tmp_path / "latin1.toml"
     path.write_bytes(b'description = "caf\xe9"\n')
@@ -42,9 +39,6 @@ def test_policy_non_utf8_file_is_a_policy_error(tmp_path: Path) -> None:
     _one_line(info.value, str(path))
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "read_policy_file lets tomllib's ValueError for an integer of more than 4300 digits "
-    "(int max str digits) escape instead of a PolicyError (KNOWN policy-toml-int-digits)"))
 def test_policy_huge_toml_integer_is_a_policy_error(tmp_path: Path) -> None:
     path = tmp_path / "huge-int.toml"
     path.write_text("[rlimits]\nnofile = " + "1" * 5000 + "\n")
@@ -53,9 +47,6 @@ def test_policy_huge_toml_integer_is_a_policy_error(tmp_path: Path) -> None:
     _one_line(info.value, str(path))
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason=(
-    "read_policy_file lets RecursionError from tomllib escape for deeply nested arrays "
-    "(KNOWN policy-toml-recursion)"))
 def test_policy_deeply_nested_toml_is_a_policy_error(tmp_path: Path) -> None:
     path = tmp_path / "deep.toml"
     path.write_text("description = " + "[" * 5000 + "]" * 5000 + "\n")
@@ -64,19 +55,12 @@ def test_policy_deeply_nested_toml_is_a_policy_error(tmp_path: Path) -> None:
     _one_line(info.value, str(path))
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=(
-    "parse_size turns a size string of ~310+ digits into float('inf') and int(inf) raises "
-    "OverflowError, which pydantic does not convert (only ValueError/AssertionError), so it "
-    "escapes validate_policy (KNOWN policy-size-overflow)"))
 def test_policy_huge_size_string_is_a_policy_error() -> None:
     with pytest.raises(PolicyError) as info:
         validate_policy({"filesystem": {"work_size": "9" * 400}}, "x.toml")
     _one_line(info.value, "x.toml")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "PolicyError puts the TOML key into the message unescaped, so a quoted key with a newline "
-    "('\"a\\nb\" = 1') makes a multi-line message (KNOWN policy-multiline-key)"))
 def test_policy_error_with_newline_in_key_is_one_line(tmp_path: Path) -> None:
     path = tmp_path / "newline-key.toml"
     path.write_text('"a\\nb" = 1\n')
@@ -85,18 +69,12 @@ def test_policy_error_with_newline_in_key_is_one_line(tmp_path: Path) -> None:
     _one_line(info.value, str(path))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "same bug through a nested key: an env name with a newline and a non-string value "
-    "(KNOWN policy-multiline-key)"))
 def test_policy_error_with_newline_in_env_key_is_one_line() -> None:
     with pytest.raises(PolicyError) as info:
         validate_policy({"process": {"env": {"A\nB": 1}}}, "x.toml")
     _one_line(info.value, "x.toml")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "apply_overrides puts the raw --tmpfs/--bind arguments into the PolicyError key, so a "
-    "path with a newline makes a multi-line message (KNOWN policy-multiline-key)"))
 def test_override_error_with_newline_in_path_is_one_line() -> None:
     loaded = load_policy("default")
     with pytest.raises(PolicyError) as info:
@@ -104,12 +82,39 @@ def test_override_error_with_newline_in_path_is_one_line() -> None:
     _one_line(info.value, "command line")
 
 
+def test_policy_size_with_kelvin_sign_is_a_policy_error() -> None:
+    # re.IGNORECASE without re.ASCII lets [KMGT] match U+212A KELVIN SIGN; its .upper() is
+    # not "K", so the unit lookup raised KeyError, which pydantic does not convert.
+    with pytest.raises(PolicyError) as info:
+        validate_policy({"filesystem": {"tmp_size": "1\u212a"}}, "x.toml")
+    _one_line(info.value, "x.toml")
+
+
+@pytest.mark.parametrize("name", ["/" + "a" * 5000 + ".toml", "a" * 5000])
+def test_policy_name_too_long_is_a_policy_error(name: str) -> None:
+    # Path.is_file() swallows ENOENT but raises OSError(ENAMETOOLONG).
+    with pytest.raises(PolicyError) as info:
+        load_policy(name)
+    _one_line(info.value, name)
+
+
+def test_policy_path_with_nul_byte_is_a_policy_error(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError) as info:
+        read_policy_file(tmp_path / "a\0b.toml")
+    _one_line(info.value, str(tmp_path / "a\\x00b.toml"))
+
+
+def test_override_with_newline_in_source_is_one_line(tmp_path: Path) -> None:
+    source = tmp_path / "two\nlines"
+    source.mkdir()
+    with pytest.raises(PolicyError) as info:
+        apply_overrides(load_policy("default"), Overrides(mounts=(("--bind", str(source), "/usr"),)))
+    _one_line(info.value, "command line")
+
+
 # --------------------------------------------------------------------------- seccomp profiles
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "load_profile catches only JSONDecodeError: json.loads' ValueError for an integer of more "
-    "than 4300 digits escapes (KNOWN seccomp-int-digits)"))
 def test_profile_huge_json_integer_is_a_profile_error(tmp_path: Path) -> None:
     path = tmp_path / "huge-int.json"
     path.write_text('{"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": ' + "1" * 5000 + "}")
@@ -118,9 +123,6 @@ def test_profile_huge_json_integer_is_a_profile_error(tmp_path: Path) -> None:
     _one_line(info.value, str(path))
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "parse_profile: a minKernel with a 4300+ digit part passes the regex, then int() raises "
-    "ValueError (KNOWN seccomp-int-digits)"))
 def test_profile_huge_min_kernel_is_a_profile_error() -> None:
     data = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
         {"names": ["read"], "action": "SCMP_ACT_ERRNO", "includes": {"minKernel": "9" * 5000 + ".1"}}]}
@@ -129,12 +131,24 @@ def test_profile_huge_min_kernel_is_a_profile_error() -> None:
     _one_line(info.value, "x.json")
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason=(
-    "load_profile lets RecursionError from json.loads escape for deeply nested arrays "
-    "(KNOWN seccomp-json-recursion)"))
 def test_profile_deeply_nested_json_is_a_profile_error(tmp_path: Path) -> None:
     path = tmp_path / "deep.json"
     path.write_text('{"defaultAction": "SCMP_ACT_ALLOW", "x": ' + "[" * 100000 + "]" * 100000 + "}")
     with pytest.raises(ProfileError) as info:
         load_profile(path)
     _one_line(info.value, str(path))
+
+
+@pytest.mark.parametrize("name", ["/" + "a" * 5000, "a" * 5000])
+def test_profile_name_too_long_is_a_profile_error(name: str) -> None:
+    with pytest.raises(ProfileError) as info:
+        find_profile(name)
+    _one_line(info.value, name)
+
+
+def test_profile_error_with_newline_in_source_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "two\nlines.json"
+    path.write_text("[]")
+    with pytest.raises(ProfileError) as info:
+        load_profile(path)
+    _one_line(info.value, str(path).replace("\n", "\\n"))

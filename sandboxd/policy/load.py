@@ -178,7 +178,7 @@ def read_policy_file(path: Path) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise PolicyError(source, "(toml)", f"not valid UTF-8 (line {line}, byte {exc.start})") from None
+        raise PolicyError(source, "(toml)", f"not valid UTF-8 (line {line}, byte offset {exc.start})") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -139,11 +139,12 @@ class Rlimits(_Strict):
 class Limits(_Strict):
     """Job-wide limits. A request may narrow them, never widen them."""
 
-    cpu_time: float | None = Field(default=None, gt=0)  # seconds, all processes
-    wall_time: float | None = Field(default=None, gt=0)  # seconds
+    # Finite numbers only: TOML's inf (or 1e999) would pass gt=0 and break math.ceil() later.
+    cpu_time: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # seconds, all processes
+    wall_time: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # seconds
     memory: Size | None = None  # bytes of RAM, no swap
     pids: int | None = Field(default=None, ge=1)  # processes and threads at once
-    cpus: float | None = Field(default=None, gt=0)  # CPU bandwidth in cores
+    cpus: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # CPU bandwidth in cores
     output: Size | None = None  # bytes each of stdout and stderr that are kept
 
 

@@ -31,11 +31,12 @@ import errno as _errno
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandboxd.errors import SandboxdInputError
+from sandboxd.errors import SandboxdInputError, one_line
 
 __all__ = [
     "ACTIONS",
@@ -57,13 +58,17 @@ __all__ = [
 
 
 class ProfileError(SandboxdInputError):
-    """A seccomp profile is malformed; names the file, the entry and the reason (one line)."""
+    """A seccomp profile is malformed; names the file, the entry and the reason (one line).
+
+    ``source``, ``entry`` and ``reason`` are kept escaped by :func:`sandboxd.errors.one_line`
+    (a line break becomes ``\\n``, never a second line and never silently dropped).
+    """
 
     def __init__(self, source: str, entry: str, reason: str) -> None:
-        self.source = source
-        self.entry = entry
-        self.reason = " ".join(str(reason).split())  # always one line
-        text = f"{source}: {entry}: {self.reason}" if entry else f"{source}: {self.reason}"
+        self.source = one_line(source)
+        self.entry = one_line(entry)
+        self.reason = one_line(reason)
+        text = f"{self.source}: {self.entry}: {self.reason}" if entry else f"{self.source}: {self.reason}"
         super().__init__(text)
 
 
@@ -150,9 +155,15 @@ GO_ARCHES: dict[str, str] = {
 }
 
 _U64_MAX = (1 << 64) - 1
-_CAP_RE = re.compile(r"^CAP_[A-Z0-9_]+$")
-_KERNEL_RE = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?$")
-_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
+MAX_PROFILE_BYTES = 16 << 20
+"""A profile file larger than this (16 MiB) is refused rather than parsed."""
+# Always used with fullmatch: ``$`` would also match before a trailing newline, and ``\d``
+# any Unicode digit.
+_CAP_RE = re.compile(r"CAP_[A-Z0-9_]+")
+_KERNEL_RE = re.compile(r"([0-9]+)\.([0-9]+)(?:\.([0-9]+))?")
+_KERNEL_PART_DIGITS = 9  # more is no kernel version (and int() refuses 4300+ digits)
+_NAME_RE = re.compile(r"[a-z_][a-z0-9_]*")
+_PROFILE_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 @dataclass(frozen=True)
@@ -296,6 +307,11 @@ def _errno_by_name(source: str, where: str, name: Any) -> int:
     return value
 
 
+def _shown(text: str) -> str:
+    """repr of a user's string in a message, shortened when long."""
+    return repr(text) if len(text) <= 60 else repr(text[:40]) + f"... ({len(text)} characters)"
+
+
 def _tname(v: Any) -> str:
     if v is None:
         return "null"
@@ -379,7 +395,7 @@ def _filter(source: str, where: str, v: Any) -> RuleFilter:
     d = _obj(source, where, v)
     caps = _str_list(source, f"{where}.caps", d.get("caps"))
     for i, c in enumerate(caps):
-        if not _CAP_RE.match(c):
+        if not _CAP_RE.fullmatch(c):
             raise ProfileError(source, f"{where}.caps[{i}]", f"not a capability name {c!r}")
     arches = _str_list(source, f"{where}.arches", d.get("arches"))
     for i, a in enumerate(arches):
@@ -388,9 +404,11 @@ def _filter(source: str, where: str, v: Any) -> RuleFilter:
     mk = d.get("minKernel")
     min_kernel = None
     if mk is not None and mk != "":
-        m = _KERNEL_RE.match(_str(source, f"{where}.minKernel", mk))
+        m = _KERNEL_RE.fullmatch(_str(source, f"{where}.minKernel", mk))
         if not m:
-            raise ProfileError(source, f"{where}.minKernel", f"expected 'MAJOR.MINOR', got {mk!r}")
+            raise ProfileError(source, f"{where}.minKernel", f"expected 'MAJOR.MINOR', got {_shown(mk)}")
+        if any(len(part) > _KERNEL_PART_DIGITS for part in m.groups() if part):
+            raise ProfileError(source, f"{where}.minKernel", f"version number too large in {_shown(mk)}")
         min_kernel = (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
     return RuleFilter(caps=caps, arches=arches, min_kernel=min_kernel)
 
@@ -428,8 +446,8 @@ def _rule(source: str, pos: int, v: Any) -> SyscallRule:
     if not names:
         raise ProfileError(source, f"{where}.names", "empty list of syscall names")
     for i, n in enumerate(names):
-        if not _NAME_RE.match(n):
-            raise ProfileError(source, f"{where}.names[{i}]", f"not a syscall name {n!r}")
+        if not _NAME_RE.fullmatch(n):
+            raise ProfileError(source, f"{where}.names[{i}]", f"not a syscall name {_shown(n)}")
     if "action" not in d:
         raise ProfileError(source, where, "missing 'action'")
     action = _action(source, f"{where}.action", d["action"])
@@ -521,9 +539,14 @@ def load_profile(path: str | os.PathLike[str]) -> SeccompProfile:
     """Read and parse one profile file; every failure is a one-line :class:`ProfileError`."""
     source = str(path)
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_PROFILE_BYTES + 1)
     except OSError as e:
         raise ProfileError(source, "", f"cannot read: {e.strerror or e}") from None
+    except ValueError:  # a NUL byte in the path
+        raise ProfileError(source, "", "cannot read: the path contains a NUL byte") from None
+    if len(raw) > MAX_PROFILE_BYTES:
+        raise ProfileError(source, "", f"larger than {MAX_PROFILE_BYTES} bytes; not a seccomp profile")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -532,6 +555,12 @@ def load_profile(path: str | os.PathLike[str]) -> SeccompProfile:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ProfileError(source, f"line {e.lineno} column {e.colno}", f"invalid JSON: {e.msg}") from None
+    except ValueError as e:  # int() refuses more than sys.get_int_max_str_digits() digits
+        if "integer string conversion" in str(e):
+            raise ProfileError(source, "", "invalid JSON: an integer has too many digits") from None
+        raise ProfileError(source, "", f"invalid JSON: {e}") from None
+    except RecursionError:
+        raise ProfileError(source, "", "invalid JSON: arrays or objects nested too deeply") from None
     return parse_profile(data, source)
 
 
@@ -545,6 +574,18 @@ def profile_search_path() -> list[Path]:
     return dirs
 
 
+def _is_file(path: Path, source: str) -> bool:
+    """Whether ``path`` is a regular file; a ProfileError when that cannot be told."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except ValueError:  # a NUL byte
+        raise ProfileError(source, "", "a path cannot contain a NUL byte") from None
+    except OSError as e:
+        if e.errno in (_errno.ENOENT, _errno.ENOTDIR, _errno.ELOOP):
+            return False
+        raise ProfileError(source, "", f"cannot look at {str(path)!r}: {e.strerror or e}") from None
+
+
 def find_profile(name_or_path: str | os.PathLike[str]) -> Path:
     """Resolve a profile name (``default``, ``judge.json``) or a path to an existing file.
 
@@ -553,16 +594,16 @@ def find_profile(name_or_path: str | os.PathLike[str]) -> Path:
     """
     s = os.fspath(name_or_path)
     p = Path(s)
-    if "/" in s or p.is_file():
-        if p.is_file():
+    if "/" in s or _is_file(p, s):
+        if _is_file(p, s):
             return p
         raise ProfileError(s, "", "no such profile file")
-    if not s or s in (".", "..") or not re.match(r"^[A-Za-z0-9_.-]+$", s):
+    if not s or s in (".", "..") or not _PROFILE_NAME_RE.fullmatch(s):
         raise ProfileError(s or "''", "", "not a valid profile name")
     candidates = [s] if s.endswith(".json") else [s + ".json", s]
     for d in profile_search_path():
         for c in candidates:
-            if (d / c).is_file():
+            if _is_file(d / c, s):
                 return d / c
     where = ", ".join(str(d) for d in profile_search_path())
     raise ProfileError(s, "", f"no such profile (searched {where})")

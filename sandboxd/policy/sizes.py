@@ -12,14 +12,16 @@ _SIZE = re.compile(r"[ \t]*([0-9]+)(?:\.([0-9]+))?[ \t]*([KMGT]?)(?:i?B)?[ \t]*"
 MAX_SIZE = (1 << 63) - 1
 """The largest size accepted: what fits a signed 64-bit byte count (about 8 exabytes)."""
 
-# More digits than this cannot be a size below MAX_SIZE (19 digits) or change it by a byte
-# (2**40 * 10**-16 < 1); refusing them early keeps int() away from huge digit strings.
+# A whole part of more digits cannot be below MAX_SIZE (19 digits), and more decimals than
+# this are refused rather than rounded; checking lengths first keeps int() (and its limit of
+# 4300 digits) away from huge digit strings, and float() (inf) out of it altogether.
 _MAX_INT_DIGITS = 19
 _MAX_FRACTION_DIGITS = 16
 
 
 def _shown(value: str) -> str:
-    return repr(value) if len(value) <= 40 else repr(value[:20]) + "..."
+    """The user's text in a message: ASCII-escaped (a KELVIN SIGN is not a 'K') and shortened."""
+    return ascii(value) if len(value) <= 40 else ascii(value[:20]) + f"... ({len(value)} characters)"
 
 
 def parse_size(value: int | str) -> int:

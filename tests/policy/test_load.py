@@ -396,3 +396,152 @@ def test_no_stray_environment_leaks_into_search_path(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("SANDBOXD_POLICY_PATH", raising=False)
     assert policy_search_path() == [SHIPPED_POLICIES]
     assert os.path.isdir(SHIPPED_POLICIES)
+
+
+# ------------------------------------------------------- hostile input: one line, never a traceback
+
+@pytest.mark.parametrize("name, text, key, reason", [
+    # "$" in a regex also matches before a trailing newline: names are matched whole.
+    ("hostname-trailing-newline", '[process]\nhostname = "sandbox\\n"\n', "process.hostname",
+     "'sandbox\\n' is not a valid hostname"),
+    ("env-name-trailing-newline", '[process]\nenv = { "A\\n" = "x" }\n', "process.env",
+     "'A\\n' is not a valid environment variable name"),
+    ("size-trailing-newline", '[filesystem]\ntmp_size = "64M\\n"\n', "filesystem.tmp_size", "is not a size"),
+    ("size-unicode-digit", "[filesystem]\ntmp_size = '\u0665M'\n", "filesystem.tmp_size", "is not a size"),
+    ("size-kelvin-sign", "[filesystem]\ntmp_size = '1\u212a'\n", "filesystem.tmp_size", "'1\\u212a' is not a size"),
+    ("size-too-large", "[filesystem]\ntmp_size = '8388608T'\n", "filesystem.tmp_size", "too large for a size"),
+    ("size-int-too-large", "[rlimits]\nfsize = 9223372036854775808\n", "rlimits.fsize", "cannot be more than"),
+    ("cpu-time-inf", "[limits]\ncpu_time = inf\n", "limits.cpu_time", "finite number"),
+    ("cpu-time-overflow", "[limits]\nwall_time = 1e999\n", "limits.wall_time", "finite number"),
+    ("cpus-nan", "[limits]\ncpus = nan\n", "limits.cpus", "finite number"),
+    # Keys are shown the way TOML writes them, so "str", "int" and "" are keys like any other.
+    ("key-named-like-a-type", "[filesystem]\nstr = 1\n", "filesystem.str", "unknown key"),
+    ("env-key-named-like-a-type", "[process]\nenv = { int = 1 }\n", "process.env.int", "valid string"),
+    ("empty-key", '"" = 1\n', '""', "unknown key"),
+    ("quoted-key", '"a b" = 1\n', '"a b"', "unknown key"),
+    ("quoted-key-with-newline", '[process.env]\n"A\\nB" = 1\n', 'process.env."A\\nB"', "valid string"),
+    ("source-not-a-directory", "[[filesystem.mounts]]\ntype = 'ro-bind'\nsource = '/etc/passwd/x'\n",
+     "filesystem.mounts[0].source", "'/etc/passwd/x' cannot be used on this host: Not a directory"),
+    ("source-name-too-long", f"[[filesystem.mounts]]\ntype = 'ro-bind'\nsource = '/{'a' * 5000}'\n",
+     "filesystem.mounts[0].source", "cannot be used on this host: File name too long"),
+])
+def test_hostile_policy_names_file_key_and_reason(tmp_path: Path, name: str, text: str, key: str,
+                                                  reason: str) -> None:
+    path = write(tmp_path, text, f"{name}.toml")
+    error = load_error(path)
+    assert (error.source, error.key) == (str(path), key), str(error)
+    assert reason in error.reason, error.reason
+    assert str(error) == f"{path}: {key}: {error.reason}"
+    assert str(error).splitlines() == [str(error)]
+
+
+def test_dangling_symlink_source_says_so(tmp_path: Path) -> None:
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    path = write(tmp_path, f"[[filesystem.mounts]]\ntype = 'ro-bind'\nsource = '{tmp_path}/link'\ndest = '/x'\n")
+    error = load_error(path)
+    assert error.key == "filesystem.mounts[0].source"
+    assert error.reason == f"'{tmp_path}/link' does not exist on this host (it is a dangling symlink)"
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b'description = "caf\xe9"\n', "not valid UTF-8 (line 1, byte offset 18)"),
+    (b"[rlimits]\nnofile = " + b"1" * 5000 + b"\n", "malformed TOML: an integer has too many digits"),
+    (b"description = " + b"[" * 5000 + b"]" * 5000 + b"\n", "malformed TOML: arrays or tables nested too deeply"),
+])
+def test_unparsable_file_is_a_toml_error(tmp_path: Path, content: bytes, reason: str) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_bytes(content)
+    error = load_error(path)
+    assert (error.source, error.key, error.reason) == (str(path), "(toml)", reason)
+
+
+def test_policy_file_size_is_capped(tmp_path: Path) -> None:
+    path = write(tmp_path, "# padding\n" * (load_module.MAX_POLICY_BYTES // 10 + 1))
+    error = load_error(path)
+    assert (error.key, error.reason) == ("", f"larger than {load_module.MAX_POLICY_BYTES} bytes; not a policy file")
+    write(tmp_path, "# padding\n" * (load_module.MAX_POLICY_BYTES // 10))
+    assert load_policy(str(path)).policy == Policy()
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("/" + "a" * 5000 + ".toml", "File name too long"),  # stat() raises ENAMETOOLONG, not "no such file"
+    ("a" * 5000, "File name too long"),                   # ... also for a name looked up on the search path
+    ("/a\0b.toml", "a path cannot contain a NUL byte"),
+])
+def test_unusable_policy_paths_are_policy_errors(name: str, reason: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        load_policy(name)
+    assert reason in info.value.reason
+    assert str(info.value).splitlines() == [str(info.value)]
+
+
+def test_directory_is_not_read_as_a_policy(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError) as info:
+        load_module.read_policy_file(tmp_path)
+    assert (info.value.source, info.value.reason) == (str(tmp_path), "Is a directory")
+
+
+def test_deeply_nested_value_is_a_short_policy_error() -> None:
+    nested: list = []
+    inner = nested
+    for _ in range(100_000):
+        inner.append([])
+        inner = inner[0]
+    with pytest.raises(PolicyError) as info:
+        load_module.validate_policy({"description": nested}, "x.toml")
+    assert info.value.key == "description" and "valid string (got list [[[" in info.value.reason
+    assert len(str(info.value)) < 200
+
+
+def test_policy_error_escapes_what_would_break_the_line() -> None:
+    error = PolicyError("a\nb.toml", "k\r\x1c\u2028\udcff", "why\x85 not\ttab")
+    assert (error.source, error.key, error.reason) == ("a\\nb.toml", "k\\r\\x1c\\u2028\\udcff", "why\\x85 not\\ttab")
+    assert str(error) == "a\\nb.toml: k\\r\\x1c\\u2028\\udcff: why\\x85 not\\ttab"
+    # Printable text, backslashes and non-ASCII letters are left as they are.
+    assert str(PolicyError("café.toml", "a\\n", "ok")) == "café.toml: a\\n: ok"
+
+
+def test_mount_collision_key_is_the_mount(tmp_path: Path) -> None:
+    path = write(tmp_path, "[[filesystem.mounts]]\ntype = 'ro-bind'\nsource = '/usr'\n"
+                           "[[filesystem.mounts]]\ntype = 'tmpfs'\ndest = '/usr'\n")
+    assert str(load_error(path)) == f"{path}: filesystem.mounts[1]: /usr is mounted twice"
+
+
+@pytest.mark.parametrize("mounts, key, reason", [
+    ((("--bind", "/tmp", "/usr"),), "--bind /tmp /usr", "/usr is mounted twice (already mounted by the policy)"),
+    ((("--tmpfs", "", "/my dir"), ("--tmpfs", "", "/my dir/")), "--tmpfs '/my dir/'",
+     "/my dir is mounted twice (already mounted by --tmpfs '/my dir')"),
+    ((("--tmpfs", "", "/dev/shm"),), "--tmpfs /dev/shm", "/dev/shm is managed by sandboxd"),
+    ((("--bind", "/a\0b", "/x"),), "--bind '/a\\x00b' /x", "source '/a\\x00b' contains a NUL byte"),
+    ((("--tmpfs", "", "rel\udcff"),), "--tmpfs 'rel\\udcff'", "'rel\\udcff' is not an absolute path"),
+])
+def test_override_errors_name_the_flag_as_typed(mounts, key: str, reason: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        apply_overrides(load_policy("default"), Overrides(mounts=mounts))
+    assert (info.value.source, info.value.key, info.value.reason) == ("command line", key, reason)
+
+
+def test_override_env_name_with_trailing_newline_is_refused() -> None:
+    with pytest.raises(PolicyError) as info:
+        apply_overrides(load_policy("default"), Overrides(env=(("A\n", "x"),)))
+    assert (info.value.key, info.value.reason) == ("process.env", "'A\\n' is not a valid environment variable name")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("0.1K", 102),                           # exact: 1024 / 10, rounded down
+    ("9223372036854775807", (1 << 63) - 1),  # the largest size, without going through float
+    ("8388607T", 8388607 << 40),
+    ("000000000000000000000000001K", 1024),  # leading zeros are not digits of magnitude
+    ("1.50000000000000000000G", 3 << 29),    # nor are trailing zeros of the fraction
+    ("\t8M\t", 8 << 20),
+])
+def test_sizes_parse_exactly(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("garbage", ["9" * 400, "9223372036854775808", "8388608T", "1" + "0" * 5000, 1 << 63, 10 ** 500,
+                                     "1.00000000000000000001K", "64M\n", "\u0665", "1\u212a", "1\u212aB"])
+def test_sizes_reject_absurd_values_with_a_value_error(garbage) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_size(garbage)
+    assert "size" in str(info.value) and len(str(info.value)) < 200

@@ -201,3 +201,78 @@ def test_top_level_errors(tmp_path) -> None:
 def test_unreadable_file(tmp_path) -> None:
     with pytest.raises(ProfileError, match="cannot read"):
         load_profile(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(
+    "rule,entry,reason",
+    [
+        # "$" also matches before a trailing newline: every name is matched whole.
+        ({"names": ["read\n"], "action": "SCMP_ACT_ALLOW"}, "syscalls[1].names[0]", "not a syscall name 'read\\n'"),
+        ({"names": ["read"], "action": "SCMP_ACT_ALLOW", "includes": {"minKernel": "5.4\n"}},
+         "syscalls[1].includes.minKernel", "expected 'MAJOR.MINOR', got '5.4\\n'"),
+        ({"names": ["read"], "action": "SCMP_ACT_ALLOW", "excludes": {"caps": ["CAP_SYS_ADMIN\n"]}},
+         "syscalls[1].excludes.caps[0]", "not a capability name 'CAP_SYS_ADMIN\\n'"),
+        # \d would take any Unicode digit (int() reads them too).
+        ({"names": ["read"], "action": "SCMP_ACT_ALLOW", "includes": {"minKernel": "\u0665.\u0664"}},
+         "syscalls[1].includes.minKernel", "expected 'MAJOR.MINOR', got '\u0665.\u0664'"),
+        ({"names": ["read"], "action": "SCMP_ACT_ALLOW", "includes": {"minKernel": "1234567890.1"}},
+         "syscalls[1].includes.minKernel", "version number too large in '1234567890.1'"),
+    ],
+)
+def test_names_are_matched_whole(tmp_path, rule, entry: str, reason: str) -> None:
+    e = _err(tmp_path, _doc(rule))
+    assert (e.entry, e.reason) == (entry, reason)
+
+
+def test_huge_min_kernel_gives_a_short_reason(tmp_path) -> None:
+    e = _err(tmp_path, _doc({"names": ["read"], "action": "SCMP_ACT_ALLOW", "includes": {"minKernel": "9" * 5000 + ".1"}}))
+    assert e.entry == "syscalls[1].includes.minKernel"
+    assert e.reason.startswith("version number too large in '9999") and e.reason.endswith("(5002 characters)")
+    assert len(str(e)) < 250
+
+
+@pytest.mark.parametrize("text, reason", [
+    ('{"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": ' + "1" * 5000 + "}",
+     "invalid JSON: an integer has too many digits"),
+    ('{"defaultAction": "SCMP_ACT_ALLOW", "x": ' + "[" * 100000 + "]" * 100000 + "}",
+     "invalid JSON: arrays or objects nested too deeply"),
+])
+def test_json_the_decoder_refuses_is_a_profile_error(tmp_path, text: str, reason: str) -> None:
+    e = _err(tmp_path, text)
+    assert (e.entry, e.reason) == ("", reason)
+
+
+def test_profile_size_is_capped(tmp_path, monkeypatch) -> None:
+    from sandboxd.policy import seccomp_profile
+
+    monkeypatch.setattr(seccomp_profile, "MAX_PROFILE_BYTES", 64)
+    e = _err(tmp_path, json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "comment": "x" * 64}))
+    assert e.reason == "larger than 64 bytes; not a seccomp profile"
+
+
+def test_profile_error_escapes_what_would_break_the_line() -> None:
+    e = ProfileError("a\nb.json", "syscalls[0]\r", "why\u2028 not\ttab")
+    assert (e.source, e.entry, e.reason) == ("a\\nb.json", "syscalls[0]\\r", "why\\u2028 not\\ttab")
+    assert str(e) == "a\\nb.json: syscalls[0]\\r: why\\u2028 not\\ttab"
+    with pytest.raises(ProfileError) as ei:
+        parse_profile({"defaultAction": "SCMP_ACT_ERRNO\n"}, "x\n.json")
+    assert str(ei.value) == "x\\n.json: defaultAction: unknown action 'SCMP_ACT_ERRNO\\n'"
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("default\n", "not a valid profile name"),
+    ("a" * 5000, "File name too long"),  # stat() raises ENAMETOOLONG, not "no such file"
+    ("/" + "a" * 5000, "File name too long"),
+    ("/a\0b", "a path cannot contain a NUL byte"),
+])
+def test_find_profile_refuses_unusable_names(name: str, reason: str) -> None:
+    with pytest.raises(ProfileError) as ei:
+        find_profile(name)
+    assert reason in ei.value.reason
+    assert str(ei.value).splitlines() == [str(ei.value)]
+
+
+def test_load_profile_path_with_nul_byte() -> None:
+    with pytest.raises(ProfileError) as ei:
+        load_profile("/a\0b.json")
+    assert str(ei.value) == "/a\\x00b.json: cannot read: the path contains a NUL byte"
