@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test system-deps bench clean
+.PHONY: run demo test fuzz system-deps bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +14,19 @@ $(BIN)/.installed: pyproject.toml
 system-deps:
 	@scripts/install-system-deps
 
+STATE_DIR ?= .sandboxd-state
+
 run: system-deps $(BIN)/.installed
+	$(BIN)/sandboxd serve --listen 127.0.0.1:8080 --state-dir $(STATE_DIR)
+
+demo: system-deps $(BIN)/.installed
 	$(BIN)/sandboxd run -- /bin/sh -c 'echo "hello from $$(hostname) as $$(id -u) in $$(pwd)"; ls /'
 
 test: system-deps $(BIN)/.installed
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+fuzz: $(BIN)/.installed
+	$(BIN)/python fuzz/run.py
 
 bench: system-deps $(BIN)/.installed
 	$(BIN)/python bench/run.py
