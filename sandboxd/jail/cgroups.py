@@ -54,7 +54,8 @@ class CgroupLimits:
 
 
 # Used for accounting (peak memory, OOM kills, pids) whenever the host has them.
-ACCOUNTING = {"v1": {"memory", "pids", "cpuacct", "freezer"}, "v2": {"memory", "pids"}}
+# cpu too, so that a pre-made cgroup can take the CPU quota a job's request adds.
+ACCOUNTING = {"v1": {"memory", "pids", "cpu", "cpuacct", "freezer"}, "v2": {"memory", "pids", "cpu"}}
 
 
 @dataclass
@@ -159,15 +160,52 @@ def _rmdir(path: str, attempts: int = 200) -> None:
 class JobCgroupV2:
     version = "v2"
 
-    def __init__(self, path: str, limits: CgroupLimits) -> None:
+    def __init__(self, path: str, limits: CgroupLimits, controllers: frozenset[str] = frozenset()) -> None:
         self.path = path
         self.limits = limits
+        self.controllers = controllers
+        self.cpu_baseline_s = 0.0
+        self.baseline = (0.0, 0.0, 0.0)
+
+    def set_limits(self, limits: CgroupLimits) -> None:
+        missing = limits.controllers("v2") - self.controllers
+        if missing:
+            raise CgroupUnavailable(f"the job's cgroup has no {', '.join(sorted(missing))} controller")
+        path = self.path
+        if limits.memory_bytes is not None:
+            _write(f"{path}/memory.max", str(limits.memory_bytes))
+            if os.path.exists(f"{path}/memory.swap.max"):
+                _write(f"{path}/memory.swap.max", "0")
+            if os.path.exists(f"{path}/memory.oom.group"):
+                _write(f"{path}/memory.oom.group", "1")
+        if limits.pids is not None:
+            _write(f"{path}/pids.max", str(limits.pids))
+        if limits.cpus is not None:
+            _write(f"{path}/cpu.max", f"{int(limits.cpus * CFS_PERIOD_US)} {CFS_PERIOD_US}")
+        self.limits = limits
+
+    def cpu_times(self) -> tuple[float, float, float]:
+        cpu = _keyed(f"{self.path}/cpu.stat")
+        return cpu.get("user_usec", 0) / 1e6, cpu.get("system_usec", 0) / 1e6, cpu.get("usage_usec", 0) / 1e6
+
+    def begin(self) -> None:
+        """The job starts now: what the sandbox used while it was prepared is not the job's."""
+        self.baseline = self.cpu_times()
+        self.cpu_baseline_s = self.baseline[2]
+        if os.path.exists(f"{self.path}/memory.peak"):
+            try:
+                _write(f"{self.path}/memory.peak", "reset")  # Linux >= 6.12
+            except OSError:
+                pass
 
     def place(self, pid: int) -> None:
         _write(f"{self.path}/cgroup.procs", str(pid))
 
     def cpu_usage_s(self) -> float:
         return _keyed(f"{self.path}/cpu.stat")["usage_usec"] / 1e6
+
+    def job_cpu_s(self) -> float:
+        return self.cpu_usage_s() - self.cpu_baseline_s
 
     def freeze(self, frozen: bool) -> None:
         _write(f"{self.path}/cgroup.freeze", "1" if frozen else "0")
@@ -177,10 +215,8 @@ class JobCgroupV2:
 
     def usage(self) -> Usage:
         usage = Usage()
-        cpu = _keyed(f"{self.path}/cpu.stat")
-        usage.cpu_user_s = cpu.get("user_usec", 0) / 1e6
-        usage.cpu_sys_s = cpu.get("system_usec", 0) / 1e6
-        usage.cpu_total_s = cpu.get("usage_usec", 0) / 1e6
+        user, system, total = (now - then for now, then in zip(self.cpu_times(), self.baseline))
+        usage.cpu_user_s, usage.cpu_sys_s, usage.cpu_total_s = max(user, 0.0), max(system, 0.0), total
         usage.sources.update(cpu_user_s="cgroup2:cpu.stat", cpu_sys_s="cgroup2:cpu.stat")
         if os.path.exists(f"{self.path}/memory.peak"):
             usage.memory_peak_bytes = int(_read(f"{self.path}/memory.peak"))
@@ -239,18 +275,9 @@ class CgroupV2:
         self._prepare(wanted)
         path = f"{self.instance}/{job_id}"
         os.mkdir(path)
-        job = JobCgroupV2(path, limits)
+        job = JobCgroupV2(path, limits, frozenset(wanted))
         try:
-            if limits.memory_bytes is not None:
-                _write(f"{path}/memory.max", str(limits.memory_bytes))
-                if os.path.exists(f"{path}/memory.swap.max"):
-                    _write(f"{path}/memory.swap.max", "0")
-                if os.path.exists(f"{path}/memory.oom.group"):
-                    _write(f"{path}/memory.oom.group", "1")
-            if limits.pids is not None:
-                _write(f"{path}/pids.max", str(limits.pids))
-            if limits.cpus is not None:
-                _write(f"{path}/cpu.max", f"{int(limits.cpus * CFS_PERIOD_US)} {CFS_PERIOD_US}")
+            job.set_limits(limits)
         except OSError:
             job.remove()
             raise
@@ -275,6 +302,45 @@ class JobCgroupV1:
     def __init__(self, paths: dict[str, str], limits: CgroupLimits) -> None:
         self.paths = paths  # controller → directory
         self.limits = limits
+        self.cpu_baseline_s = 0.0
+        self.baseline = (0.0, 0.0, 0.0)
+
+    def set_limits(self, limits: CgroupLimits) -> None:
+        missing = limits.controllers("v1") - set(self.paths)
+        if missing:
+            raise CgroupUnavailable(f"the job's cgroup has no {', '.join(sorted(missing))} controller")
+        if limits.memory_bytes is not None:
+            memory = self.paths["memory"]
+            _write(f"{memory}/memory.limit_in_bytes", str(limits.memory_bytes))
+            if os.path.exists(f"{memory}/memory.memsw.limit_in_bytes"):
+                # No swap: memory+swap capped at the same value.
+                _write(f"{memory}/memory.memsw.limit_in_bytes", str(limits.memory_bytes))
+            _write(f"{memory}/memory.swappiness", "0")
+        if limits.pids is not None:
+            _write(f"{self.paths['pids']}/pids.max", str(limits.pids))
+        if limits.cpus is not None:
+            _write(f"{self.paths['cpu']}/cpu.cfs_period_us", str(CFS_PERIOD_US))
+            _write(f"{self.paths['cpu']}/cpu.cfs_quota_us", str(int(limits.cpus * CFS_PERIOD_US)))
+        self.limits = limits
+
+    def cpu_times(self) -> tuple[float, float, float]:
+        acct = self.paths["cpuacct"]
+        total = int(_read(f"{acct}/cpuacct.usage")) / 1e9
+        if os.path.exists(f"{acct}/cpuacct.usage_user"):
+            return int(_read(f"{acct}/cpuacct.usage_user")) / 1e9, int(_read(f"{acct}/cpuacct.usage_sys")) / 1e9, total
+        ticks = os.sysconf("SC_CLK_TCK")
+        stat = _keyed(f"{acct}/cpuacct.stat")
+        return stat["user"] / ticks, stat["system"] / ticks, total
+
+    def begin(self) -> None:
+        """The job starts now: what the sandbox used while it was prepared is not the job's."""
+        self.baseline = self.cpu_times()
+        self.cpu_baseline_s = self.baseline[2]
+        if "memory" in self.paths:
+            _write(f"{self.paths['memory']}/memory.max_usage_in_bytes", "0")  # resets the peak
+
+    def job_cpu_s(self) -> float:
+        return self.cpu_usage_s() - self.cpu_baseline_s
 
     def place(self, pid: int) -> None:
         for path in self.paths.values():
@@ -287,16 +353,10 @@ class JobCgroupV1:
         usage = Usage()
         acct = self.paths.get("cpuacct")
         if acct:
-            if os.path.exists(f"{acct}/cpuacct.usage_user"):
-                usage.cpu_user_s = int(_read(f"{acct}/cpuacct.usage_user")) / 1e9
-                usage.cpu_sys_s = int(_read(f"{acct}/cpuacct.usage_sys")) / 1e9
-                source = "cgroup1:cpuacct.usage_user/usage_sys"
-            else:
-                ticks = os.sysconf("SC_CLK_TCK")
-                stat = _keyed(f"{acct}/cpuacct.stat")
-                usage.cpu_user_s, usage.cpu_sys_s = stat["user"] / ticks, stat["system"] / ticks
-                source = "cgroup1:cpuacct.stat"
-            usage.cpu_total_s = int(_read(f"{acct}/cpuacct.usage")) / 1e9
+            user, system, total = (now - then for now, then in zip(self.cpu_times(), self.baseline))
+            usage.cpu_user_s, usage.cpu_sys_s, usage.cpu_total_s = max(user, 0.0), max(system, 0.0), total
+            source = ("cgroup1:cpuacct.usage_user/usage_sys" if os.path.exists(f"{acct}/cpuacct.usage_user")
+                      else "cgroup1:cpuacct.stat")
             usage.sources.update(cpu_user_s=source, cpu_sys_s=source)
         memory = self.paths.get("memory")
         if memory:
@@ -357,18 +417,7 @@ class CgroupV1:
                 path = self._dir(controller, job_id)
                 os.makedirs(path)
                 paths[controller] = path
-            if limits.memory_bytes is not None:
-                memory = paths["memory"]
-                _write(f"{memory}/memory.limit_in_bytes", str(limits.memory_bytes))
-                if os.path.exists(f"{memory}/memory.memsw.limit_in_bytes"):
-                    # No swap: memory+swap capped at the same value.
-                    _write(f"{memory}/memory.memsw.limit_in_bytes", str(limits.memory_bytes))
-                _write(f"{memory}/memory.swappiness", "0")
-            if limits.pids is not None:
-                _write(f"{paths['pids']}/pids.max", str(limits.pids))
-            if limits.cpus is not None:
-                _write(f"{paths['cpu']}/cpu.cfs_period_us", str(CFS_PERIOD_US))
-                _write(f"{paths['cpu']}/cpu.cfs_quota_us", str(int(limits.cpus * CFS_PERIOD_US)))
+            job.set_limits(limits)
         except OSError:
             job.remove()
             raise

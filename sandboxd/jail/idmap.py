@@ -45,15 +45,20 @@ def _mapping_namespace(owner_uid: int, owner_gid: int, host_id: int) -> int:
         os.close(pidfd)
 
 
-def idmapped_tree(path: str, host_id: int) -> int:
+def idmapped_tree(path: str, host_id: int, userns_path: str | None = None) -> int:
     """A detached clone of the mount at ``path`` whose owner shows as ``host_id``.
 
     Runs in the spawner (as root, in the host's namespaces): only a process privileged over
     the filesystem's user namespace may create an idmapped mount. The child attaches the
-    returned fd in its own mount namespace with move_mount(2).
+    returned fd in its own mount namespace with move_mount(2). ``userns_path`` names a user
+    namespace that already maps the directory's owner to ``host_id`` (the job's own, for a
+    directory owned by root); without it a throwaway one is made.
     """
-    info = os.stat(path)
-    userns_fd = _mapping_namespace(info.st_uid, info.st_gid, host_id)
+    if userns_path is not None:
+        userns_fd = os.open(userns_path, os.O_RDONLY | os.O_CLOEXEC)
+    else:
+        info = os.stat(path)
+        userns_fd = _mapping_namespace(info.st_uid, info.st_gid, host_id)
     try:
         tree = sc.open_tree(path, sc.OPEN_TREE_CLONE | sc.AT_RECURSIVE | os.O_CLOEXEC)
     except OSError as exc:

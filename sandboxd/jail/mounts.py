@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from sandboxd.jail import syscalls as sc
 from sandboxd.jail.failure import SetupFailure, failed
-from sandboxd.jail.plan import JailTemplate, JobSpec
+from sandboxd.jail.plan import JailTemplate
 
 BASE = "/tmp"
 _BIND_ATTRS = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
@@ -68,8 +68,7 @@ class Source:
     detached: bool = False
 
 
-def open_sources(template: JailTemplate, job: JobSpec, workdir_tree: int, *,
-                 detached: bool) -> dict[str, Source]:
+def open_sources(template: JailTemplate, workdir: str | None, *, detached: bool) -> dict[str, Source]:
     """Every bind source, keyed by its destination (the work directory as ``WORK_KEY``).
 
     ``detached=True`` runs in a root spawner before clone: each source becomes a detached
@@ -79,8 +78,8 @@ def open_sources(template: JailTemplate, job: JobSpec, workdir_tree: int, *,
     runs in the child of a rootless spawner, which has the same rights as its caller.
     """
     wanted = [(op.dest, op.source, op.writable) for op in template.mounts if op.kind == "bind"]
-    if job.workdir and workdir_tree < 0:
-        wanted.append((WORK_KEY, job.workdir, True))
+    if workdir:
+        wanted.append((WORK_KEY, workdir, True))
     sources: dict[str, Source] = {}
     try:
         for key, path, writable in wanted:
@@ -174,21 +173,20 @@ def _mask_proc() -> None:
                      | sc.MOUNT_ATTR_NOEXEC, True, f"make {path} read-only")
 
 
-def build_root(template: JailTemplate, job: JobSpec, sources: dict[str, Source] | None,
-               workdir_tree: int = -1) -> list[str]:
+def build_root(template: JailTemplate, sources: dict[str, Source] | None, workdir: str | None) -> list[str]:
     """Build and enter the jail's root; returns the mount points made, for the result.
 
     ``sources`` are the bind sources a root spawner prepared (``open_sources``), or None to
-    open them here (rootless); ``workdir_tree``
-    is an idmapped clone of the work directory made by the spawner (``sandboxd.jail.idmap``),
-    or -1 to bind the work directory as it is.
+    open them here (rootless). ``workdir`` is a host directory to bind at the work path now
+    (a rootless job's, known before the sandbox is built); otherwise the work path is left
+    an empty mount point and ``attach_work`` fills it when the job arrives.
     """
     made: list[str] = []
     # Why first: with shared propagation our mounts would appear on the host, and pivot_root
     # refuses a shared root.
     _mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE, None, "make / private")
     if sources is None:  # before the base tmpfs hides anything under /tmp
-        sources = open_sources(template, job, workdir_tree, detached=False)
+        sources = open_sources(template, workdir, detached=False)
     _tmpfs(BASE, 4 << 20, "0755", "mount the root tmpfs")
     for op in template.mounts:
         target = BASE + op.dest
@@ -213,21 +211,13 @@ def build_root(template: JailTemplate, job: JobSpec, sources: dict[str, Source] 
             raise SetupFailure(f"unknown mount kind {op.kind!r}")
         made.append(op.dest)
     work = BASE + template.work_path
-    if workdir_tree >= 0:
-        os.makedirs(work, mode=0o755, exist_ok=True)
-        try:
-            sc.move_mount_fd(workdir_tree, work)
-        except OSError as exc:
-            raise failed(f"attach the idmapped {job.workdir} on {template.work_path}", exc) from None
-        os.close(workdir_tree)
-    elif job.workdir:
+    os.makedirs(work, mode=0o755, exist_ok=True)
+    if workdir:
         source = sources[WORK_KEY]
         if source.fd < 0:
-            raise SetupFailure(f"work directory {job.workdir} does not exist")
-        _bind(source, work, True, f"bind {job.workdir} on {template.work_path}")
-    else:
-        _tmpfs(work, template.work_size, "0755", f"mount tmpfs on {template.work_path}")
-    made.append(template.work_path)
+            raise SetupFailure(f"work directory {workdir} does not exist")
+        _bind(source, work, True, f"bind {workdir} on {template.work_path}")
+        made.append(template.work_path)
     _tmpfs(BASE + "/tmp", template.tmp_size, "1777", "mount tmpfs on /tmp")
     _build_dev(BASE, template.shm_size)
     _mount_proc(BASE)
@@ -247,8 +237,30 @@ def build_root(template: JailTemplate, job: JobSpec, sources: dict[str, Source] 
     _setattr("/dev", sc.MOUNT_ATTR_RDONLY, False, "make /dev read-only")
     _setattr("/", sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV, False,
              "make the root read-only")
+    return made
+
+
+def attach_work(template: JailTemplate, tree: int, bound_early: bool, workdir: str | None) -> str:
+    """The job's work directory at the work path, then the job's cwd; returns what it is.
+
+    ``tree``: a detached (idmapped) clone of the job's work directory made by a root spawner,
+    attached with move_mount; -1 and not ``bound_early``: a fresh tmpfs of the policy's size.
+    """
+    if tree >= 0:
+        try:
+            sc.move_mount_fd(tree, template.work_path)
+        except OSError as exc:
+            raise failed(f"attach {workdir} on {template.work_path}", exc) from None
+        finally:
+            os.close(tree)
+        kind = "bind (idmapped)"
+    elif bound_early:
+        kind = "bind"
+    else:
+        _tmpfs(template.work_path, template.work_size, "0755", f"mount tmpfs on {template.work_path}")
+        kind = "tmpfs"
     try:
         os.chdir(template.work_path)
     except OSError as exc:
         raise failed(f"chdir {template.work_path}", exc) from None
-    return made
+    return kind

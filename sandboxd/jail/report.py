@@ -56,3 +56,20 @@ def split_frames(buffer: bytes) -> list[dict]:
             break
         buffer = buffer[_LEN.size + length :]
     return frames
+
+
+def take_frames(buffer: bytes) -> tuple[list[dict], bytes]:
+    """The complete frames at the start of ``buffer`` and what is left of it."""
+    frames = []
+    while len(buffer) >= _LEN.size:
+        (length,) = _LEN.unpack_from(buffer)
+        if length > MAX_FRAME:
+            return frames, b""
+        if len(buffer) < _LEN.size + length:
+            break
+        try:
+            frames.append(json.loads(buffer[_LEN.size : _LEN.size + length]))
+        except ValueError:
+            pass
+        buffer = buffer[_LEN.size + length :]
+    return frames, buffer

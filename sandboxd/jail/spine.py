@@ -1,15 +1,25 @@
 """The order of confinement, in one place.
 
-Parent (the spawner, single-threaded):  ``launch``
-    clone into new user, PID, mount, network, IPC and UTS namespaces
-    → write setgroups=deny, gid_map, uid_map (and, later, cgroup placement)
-    → release the child → read its report until execve closes the pipe.
+A sandbox is built in two phases, so that the first can run before any job exists (the
+spawner keeps a small pool of them) and only the second is on a job's critical path. Each
+sandbox serves exactly one job and is destroyed after it.
 
-Child (PID 1 of its namespaces):  ``CHILD_STAGES`` then execve
-    identity → cgroup namespace → mounts and pivot_root → hostname → network → rlimits
-    → session → capabilities → no_new_privs + death signal → Landlock → stdio/fds
-    → fork: PID 1 stays as the job's init (``sandboxd.jail.init``), PID 2 goes on
-    → seccomp (last, so nothing after it needs a filtered call) → execve.
+Parent (the spawner, single-threaded):
+    ``prepare``: clone into new user, PID, mount, network, IPC and UTS namespaces
+        → write setgroups=deny, gid_map, uid_map → place the child in its cgroup → release it.
+    ``start``: send the job (argv, env, limits, stdio, the work directory as a detached
+        mount) over the sandbox's socket; its report ends at execve.
+
+Child, PID 1 of its namespaces — ``PREPARE_STAGES``:
+    identity → cgroup namespace → mounts and pivot_root (all but the work directory)
+    → hostname → network → session → fork:
+        PID 1 stays as the job's init: ``INIT_STAGES`` (capabilities, no_new_privs + death
+            signal), then reaps until the program ends (``sandboxd.jail.init``);
+        PID 2, the program-to-be, reports "warm" and waits for its job.
+Program, PID 2 — ``JOB_STAGES``, when the job arrives:
+    work directory → rlimits → session → capabilities → no_new_privs + death signal
+    → Landlock → stdio/fds → signals → seccomp (last: nothing after it needs a filtered
+    call) → execve.
 
 Every module the child uses is imported here, at import time in the spawner: after
 pivot_root or Landlock a lazy import would fail.
@@ -17,6 +27,7 @@ pivot_root or Landlock a lazy import would fail.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -30,13 +41,13 @@ from sandboxd.jail import caps, fds, identity, idmap, init, landlock, mounts, ne
 from sandboxd.jail import report, rlimits, seccomp, userns
 from sandboxd.jail import syscalls as sc
 from sandboxd.jail.failure import SetupFailure
-from sandboxd.jail.plan import JailTemplate, JobSpec, Rlimit
+from sandboxd.jail.plan import JailTemplate, JobLimits, JobSpec, Rlimit
 
 NAMESPACE_FLAGS = (sc.CLONE_NEWUSER | sc.CLONE_NEWPID | sc.CLONE_NEWNS | sc.CLONE_NEWNET
                    | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS)
 PR_SET_DUMPABLE = 4
 NAMESPACES = ("user", "pid", "mnt", "net", "ipc", "uts", "cgroup")
-SETUP_TIMEOUT_S = 10.0
+JOB_MESSAGE_MAX = 1 << 20
 
 EXIT_SETUP_FAILED = 125
 EXIT_CANNOT_EXECUTE = 126
@@ -45,22 +56,33 @@ EXIT_NOT_FOUND = 127
 
 @dataclass
 class ChildContext:
+    """What the sandbox's processes know; the job's part arrives in ``start``."""
+
     template: JailTemplate
-    job: JobSpec
-    stdio: tuple[int, int, int]
-    sync_fd: int
-    report_fd: int
-    status_fd: int
-    workdir_tree: int = -1
+    sync_fd: int  # read end: the spawner's release, and its hang-up if it dies
+    report_fd: int  # write end: warm / ready / error frames to the spawner
+    status_fd: int  # write end: the init's last word (the program's wait status)
+    job_fd: int  # the sandbox's end of its job socket
     sources: dict[str, mounts.Source] | None = None  # None: the child opens them (rootless)
+    early_workdir: str | None = None  # a rootless job's work dir, bound while building the root
     handoff_fd: int = -1  # program ↔ init, to hand over the seccomp listener
+    job: JobSpec | None = None
+    stdio: tuple[int, int, int] = (-1, -1, -1)
+    work_tree: int = -1
     applied: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def limits(self) -> JobLimits:
+        return (self.job.limits if self.job and self.job.limits else None) or self.template.limits
+
+
+# --- prepare: PID 1 ------------------------------------------------------------------------
 
 
 def _wait_for_release(ctx: ChildContext) -> None:
-    # The spawner writes one byte once our id maps (and cgroup) are in place.
+    # The spawner writes one byte once our id maps and cgroup are in place.
     if os.read(ctx.sync_fd, 1) != b"\0":
-        raise SetupFailure("the spawner did not release the job")
+        raise SetupFailure("the spawner did not release the sandbox")
 
 
 def _enter_cgroup_namespace(ctx: ChildContext) -> None:
@@ -70,20 +92,47 @@ def _enter_cgroup_namespace(ctx: ChildContext) -> None:
 
 
 def _mounts(ctx: ChildContext) -> None:
-    ctx.applied["mounts"] = mounts.build_root(ctx.template, ctx.job, ctx.sources, ctx.workdir_tree)
+    ctx.applied["mounts"] = mounts.build_root(ctx.template, ctx.sources, ctx.early_workdir)
 
 
-def _rlimits(ctx: ChildContext) -> None:
-    limits = ctx.job.limits or ctx.template.limits
-    extra = ()
-    if limits.cpu_time is not None:
-        # A per-process backstop only: the spawner enforces the job-wide CPU limit from the
-        # cgroup's counter well before this fires.
-        seconds = math.ceil(limits.cpu_time) + 1
-        extra = (Rlimit("cpu", seconds, seconds + 1),)
-    if ctx.job.limits is not None and ctx.job.limits.fsize is not None:
-        extra += (Rlimit("fsize", ctx.job.limits.fsize, ctx.job.limits.fsize),)
-    ctx.applied["rlimits"] = rlimits.apply(ctx.template.rlimits + extra)
+def _fork_init(ctx: ChildContext) -> None:
+    """PID 1 forks the program-to-be (PID 2) and stays behind as its init."""
+    plan = ctx.template.seccomp
+    ours = theirs = -1
+    if plan is not None and plan.listener:
+        ours, theirs = (s.detach() for s in socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM))
+    program = os.fork()
+    if program != 0:
+        # Only the program takes jobs; the init reports its own failures, then lets go of the
+        # report pipe so that the program's execve is what closes it.
+        for fd in (ctx.job_fd, ours):
+            if fd >= 0:
+                os.close(fd)
+        _run_stages(ctx, INIT_STAGES, report_to=ctx.report_fd)
+        os.close(ctx.report_fd)
+        sized = ctx.template.sized_tmpfs + (ctx.template.work_path,)
+        init.become_init(program, ctx.status_fd, theirs, plan, sized)
+    os.close(ctx.status_fd)
+    if theirs >= 0:
+        os.close(theirs)
+    ctx.handoff_fd = ours
+    # Our parent is now the init: if it dies, we die (it is the namespace's PID 1 anyway).
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+PREPARE_STAGES: tuple[tuple[str, Callable[[ChildContext], None]], ...] = (
+    ("wait for id maps", _wait_for_release),
+    ("identity", lambda ctx: userns.become_root_in_namespace()),
+    ("cgroup namespace", _enter_cgroup_namespace),
+    ("mounts", _mounts),
+    ("hostname", lambda ctx: identity.set_hostname(ctx.template.hostname)),
+    ("network", lambda ctx: net.configure(ctx.template.network)),
+    ("session", lambda ctx: identity.new_session()),
+    ("init", _fork_init),
+)
+
+
+# --- Landlock -------------------------------------------------------------------------------------
 
 
 def _landlock(ctx: ChildContext) -> None:
@@ -102,6 +151,48 @@ def _landlock(ctx: ChildContext) -> None:
         "rights": plan.describe(),
         "dropped": list(plan.dropped),
     }
+
+
+# The init holds no capability and cannot gain one, and runs only sandboxd's code. It stays
+# outside the program's Landlock domain on purpose: a domain may only ptrace and signal into
+# itself, and the init must take the program's seccomp listener (pidfd_getfd) and kill a
+# caller of a killed syscall — while the program, in its own domain, can reach neither.
+INIT_STAGES: tuple[tuple[str, Callable[[ChildContext], None]], ...] = (
+    ("capabilities", lambda ctx: caps.drop_all()),
+    ("no_new_privs", lambda ctx: privs.lock_privileges(ctx.sync_fd)),
+)
+
+
+# --- the job: PID 2 -----------------------------------------------------------------------------
+
+
+def _receive_job(ctx: ChildContext) -> None:
+    """Wait for the job; the spawner closing the socket means: not needed, go."""
+    message, received, _flags, _addr = socket.recv_fds(socket.socket(fileno=ctx.job_fd), JOB_MESSAGE_MAX, 4)
+    if not message:
+        os._exit(0)
+    data = json.loads(message)
+    ctx.job = JobSpec.from_dict(data["job"])
+    ctx.stdio = (received[0], received[1], received[2])
+    ctx.work_tree = received[3] if data.get("work_tree") and len(received) > 3 else -1
+
+
+def _work(ctx: ChildContext) -> None:
+    ctx.applied["work"] = mounts.attach_work(ctx.template, ctx.work_tree, ctx.early_workdir is not None,
+                                             ctx.job.workdir if ctx.job else None)
+
+
+def _rlimits(ctx: ChildContext) -> None:
+    limits = ctx.limits
+    extra: tuple[Rlimit, ...] = ()
+    if limits.cpu_time is not None:
+        # A per-process backstop only: the spawner enforces the job-wide CPU limit from the
+        # cgroup's counter well before this fires.
+        seconds = math.ceil(limits.cpu_time) + 1
+        extra = (Rlimit("cpu", seconds, seconds + 1),)
+    if limits.fsize is not None:
+        extra += (Rlimit("fsize", limits.fsize, limits.fsize),)
+    ctx.applied["rlimits"] = rlimits.apply(ctx.template.rlimits + extra)
 
 
 def _default_signals(ctx: ChildContext) -> None:
@@ -145,43 +236,20 @@ def _seccomp(ctx: ChildContext) -> None:
                               "errno_denials_observable": False}
 
 
-def _fork_init(ctx: ChildContext) -> None:
-    """PID 1 forks the program (PID 2) and stays behind as its init; see ``jail/init.py``."""
-    plan = ctx.template.seccomp
-    ours = theirs = -1
-    if plan is not None and plan.listener:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        ours, theirs = ours.detach(), theirs.detach()
-    program = os.fork()
-    if program != 0:
-        os.close(ctx.report_fd)  # only the program reports set-up; its exec closes the pipe
-        if ours >= 0:
-            os.close(ours)
-        sized = ctx.template.sized_tmpfs + (() if ctx.job.workdir else (ctx.template.work_path,))
-        init.become_init(program, ctx.status_fd, theirs, plan, sized)
-    os.close(ctx.status_fd)
-    if theirs >= 0:
-        os.close(theirs)
-    ctx.handoff_fd = ours
-
-
-CHILD_STAGES: tuple[tuple[str, Callable[[ChildContext], None]], ...] = (
-    ("wait for id maps", _wait_for_release),
-    ("identity", lambda ctx: userns.become_root_in_namespace()),
-    ("cgroup namespace", _enter_cgroup_namespace),
-    ("mounts", _mounts),
-    ("hostname", lambda ctx: identity.set_hostname(ctx.template.hostname)),
-    ("network", lambda ctx: net.configure(ctx.template.network)),
+JOB_STAGES: tuple[tuple[str, Callable[[ChildContext], None]], ...] = (
+    ("work directory", _work),
     ("rlimits", _rlimits),
     ("session", lambda ctx: identity.new_session()),
     ("capabilities", lambda ctx: caps.drop_all()),
     ("no_new_privs", lambda ctx: privs.lock_privileges(ctx.sync_fd)),
     ("landlock", _landlock),
     ("fds", lambda ctx: fds.install_stdio(ctx.stdio)),
-    ("init", _fork_init),
     ("signals", _default_signals),
     ("seccomp", _seccomp),
 )
+
+
+# --- the child's life ---------------------------------------------------------------------------
 
 
 def _namespace_ids() -> dict[str, str]:
@@ -194,136 +262,158 @@ def _namespace_ids() -> dict[str, str]:
     return ids
 
 
-def _environment(ctx: ChildContext) -> dict[str, str]:
-    env = dict(ctx.template.env)
-    env.update(ctx.job.env)
-    return env
-
-
-def run_child(ctx: ChildContext) -> NoReturn:
-    """The child's whole life until execve. Never returns; never raises."""
+def _run_stages(ctx: ChildContext, stages, report_to: int | None) -> dict[str, float]:
+    """Run ``stages``; a failure is reported on ``report_to`` (or just ends an init) and exits."""
     stage = "start"
     timings: dict[str, float] = {}
     try:
         last = time.perf_counter()
-        for stage, step in CHILD_STAGES:
+        for stage, step in stages:
             step(ctx)
             now = time.perf_counter()
             timings[stage] = round((now - last) * 1000, 3)
             last = now
-        ctx.applied["stage_ms"] = timings
-        stage = "exec"
-        report.write_frame(ctx.report_fd, "ready", {
-            "applied": ctx.applied, "readback": readback.read_self(), "namespaces": _namespace_ids(),
-        })
-        env = _environment(ctx)
-        try:
-            os.execvpe(ctx.job.argv[0], list(ctx.job.argv), env)
-        except OSError as exc:
-            code = EXIT_NOT_FOUND if exc.errno == 2 else EXIT_CANNOT_EXECUTE
-            report.write_frame(ctx.report_fd, "error", {
-                "stage": "exec", "detail": f"{ctx.job.argv[0]}: {exc.strerror}",
-                "errno": exc.errno, "exit_code": code})
-            os._exit(code)
+        return timings
     except SetupFailure as exc:
-        _report_failure(ctx, stage, exc.detail, exc.errno, exc.exit_code)
+        _fail(report_to, stage, exc.detail, exc.errno, exc.exit_code)
     except OSError as exc:
-        _report_failure(ctx, stage, exc.strerror or str(exc), exc.errno or 0, EXIT_SETUP_FAILED)
+        _fail(report_to, stage, exc.strerror or str(exc), exc.errno or 0, EXIT_SETUP_FAILED)
     except BaseException as exc:  # the child must never unwind into the spawner's loop
-        _report_failure(ctx, stage, f"{type(exc).__name__}: {exc}", 0, EXIT_SETUP_FAILED)
-    os._exit(EXIT_SETUP_FAILED)
+        _fail(report_to, stage, f"{type(exc).__name__}: {exc}", 0, EXIT_SETUP_FAILED)
 
 
-def _report_failure(ctx: ChildContext, stage: str, detail: str, errno: int, code: int) -> NoReturn:
+def _fail(report_to: int | None, stage: str, detail: str, errno: int, code: int) -> NoReturn:
     try:
-        report.write_frame(ctx.report_fd, "error", {
-            "stage": stage, "detail": detail, "errno": errno, "exit_code": code})
+        if report_to is not None:
+            report.write_frame(report_to, "error", {"stage": stage, "detail": detail, "errno": errno,
+                                                    "exit_code": code})
     finally:
         os._exit(code)
 
 
-@dataclass
-class Launched:
-    """What the spawner knows after set-up: the child, its pidfd and its report."""
+def run_sandbox(ctx: ChildContext) -> NoReturn:
+    """The cloned child's whole life. Never returns; never raises."""
+    try:
+        prepared = _run_stages(ctx, PREPARE_STAGES, ctx.report_fd)
+        # From here on we are PID 2, the program-to-be (PID 1 went on as the init).
+        report.write_frame(ctx.report_fd, "warm", {})
+        _run_stages(ctx, (("receive job", _receive_job),), ctx.report_fd)
+        timings = _run_stages(ctx, JOB_STAGES, ctx.report_fd)
+        ctx.applied["stage_ms"] = {"prepare": prepared, "job": timings}
+        job = ctx.job
+        assert job is not None
+        report.write_frame(ctx.report_fd, "ready", {
+            "applied": ctx.applied, "readback": readback.read_self(), "namespaces": _namespace_ids(),
+        })
+        env = dict(ctx.template.env)
+        env.update(job.env)
+        try:
+            os.execvpe(job.argv[0], list(job.argv), env)
+        except OSError as exc:
+            code = EXIT_NOT_FOUND if exc.errno == 2 else EXIT_CANNOT_EXECUTE
+            _fail(ctx.report_fd, "exec", f"{job.argv[0]}: {exc.strerror}", exc.errno or 0, code)
+    except BaseException as exc:
+        _fail(ctx.report_fd, "sandbox", f"{type(exc).__name__}: {exc}", 0, EXIT_SETUP_FAILED)
+    os._exit(EXIT_SETUP_FAILED)
 
+
+# --- the spawner's side -----------------------------------------------------------------------
+
+
+@dataclass
+class Sandbox:
+    """A sandbox as the spawner holds it: before, during and after its one job."""
+
+    template: JailTemplate
     pid: int
     pidfd: int
-    started: float
     lease: userns.IdLease
-    ready: dict[str, Any] | None
-    error: dict[str, Any] | None
-    status_fd: int  # the init writes the program's wait status here before it exits
+    report_fd: int  # read end
+    status_fd: int  # read end
+    job_sock: socket.socket  # the spawner's end of the job socket
+    sync_fd: int  # write end, held until the program execs (our liveness for the child)
+    created: float
+    rootless: bool
+    early_workdir: str | None = None
+    state: str = "preparing"  # preparing → warm → starting → running
+    buffer: bytes = b""
+    frames: list[dict[str, Any]] = field(default_factory=list)
 
 
-def launch(template: JailTemplate, job: JobSpec, stdio: tuple[int, int, int],
-           ids: userns.IdAllocator, place_in_cgroup: Callable[[int], None] | None = None) -> Launched:
-    """Parent side: clone, map ids, place, release, and wait for execve or a failure."""
+def prepare(template: JailTemplate, ids: userns.IdAllocator, *, early_workdir: str | None = None,
+            place_in_cgroup: Callable[[int], None] | None = None) -> Sandbox:
+    """Clone a sandbox and release it to build itself; returns without waiting for it."""
     lease = ids.lease()
-    workdir_tree = -1
-    if job.workdir and not ids.rootless:
-        # As root the job owns nothing on the host: show it the work directory as its own.
-        try:
-            workdir_tree = idmap.idmapped_tree(job.workdir, lease.mapping.host_uid)
-        except (SetupFailure, OSError):
-            lease.release()
-            raise
     try:
-        # As root, the spawner resolves the sources with the operator's rights.
-        sources = None if ids.rootless else mounts.open_sources(template, job, workdir_tree, detached=True)
+        # As root, the spawner resolves bind sources with the operator's rights.
+        sources = None if ids.rootless else mounts.open_sources(template, None, detached=True)
     except SetupFailure:
-        if workdir_tree >= 0:
-            os.close(workdir_tree)
         lease.release()
         raise
     sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
-    started = time.monotonic()
+    job_ours, job_theirs = (s.detach() for s in socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET))
+    created = time.monotonic()
     try:
         pid, pidfd = sc.clone_process(NAMESPACE_FLAGS)
     except OSError as exc:
-        for fd in (sync_r, sync_w, report_r, report_w, status_r, status_w):
+        for fd in (sync_r, sync_w, report_r, report_w, status_r, status_w, job_ours, job_theirs):
             os.close(fd)
-        if workdir_tree >= 0:
-            os.close(workdir_tree)
         mounts.close_sources(sources or {})
         lease.release()
         raise SetupFailure(f"clone into new namespaces: {exc.strerror}", exc.errno or 0) from None
     if pid == 0:
-        os.close(sync_w)
-        os.close(report_r)
-        os.close(status_r)
-        run_child(ChildContext(template, job, stdio, sync_r, report_w, status_w, workdir_tree, sources))
-    if workdir_tree >= 0:
-        os.close(workdir_tree)
+        for fd in (sync_w, report_r, status_r, job_ours):
+            os.close(fd)
+        run_sandbox(ChildContext(template, sync_r, report_w, status_w, job_theirs, sources, early_workdir))
+    for fd in (sync_r, report_w, status_w, job_theirs):
+        os.close(fd)
     mounts.close_sources(sources or {})
-    os.close(sync_r)
-    os.close(report_w)
-    os.close(status_w)
+    sandbox = Sandbox(template, pid, pidfd, lease, report_r, status_r, socket.socket(fileno=job_ours),
+                      sync_w, created, ids.rootless, early_workdir)
     try:
         userns.write_id_maps(pid, lease.mapping)
         if place_in_cgroup is not None:
             place_in_cgroup(pid)
         os.write(sync_w, b"\0")
-        frames, timed_out = report.read_frames(report_r, SETUP_TIMEOUT_S)
     except OSError as exc:
-        frames, timed_out = [{"kind": "error", "stage": "spawner", "detail": str(exc),
-                              "errno": exc.errno or 0, "exit_code": EXIT_SETUP_FAILED}], False
-    finally:
-        os.close(sync_w)
-        os.close(report_r)
-    ready = next((f for f in frames if f.get("kind") == "ready"), None)
-    error = next((f for f in frames if f.get("kind") == "error"), None)
-    if timed_out and error is None:
-        error = {"stage": "set-up", "detail": f"no report within {SETUP_TIMEOUT_S} s",
-                 "errno": 0, "exit_code": EXIT_SETUP_FAILED}
-    if error is not None:
-        # A child that failed set-up may still be alive (timed out): end it now.
+        destroy(sandbox)
+        raise SetupFailure(f"set up the sandbox's ids and cgroup: {exc.strerror}", exc.errno or 0) from None
+    os.set_blocking(report_r, False)
+    return sandbox
+
+
+def read_report(sandbox: Sandbox) -> bool:
+    """Read what the sandbox reported; True at end of file (it exec'd or died)."""
+    while True:
         try:
-            sc.pidfd_send_signal(pidfd, 9)
-        except OSError:
-            pass
-    return Launched(pid, pidfd, started, lease, ready, error, status_r)
+            chunk = os.read(sandbox.report_fd, 65536)
+        except BlockingIOError:
+            return False
+        if not chunk:
+            return True
+        sandbox.buffer += chunk
+        frames, sandbox.buffer = report.take_frames(sandbox.buffer)
+        sandbox.frames += frames
+
+
+def work_tree(sandbox: Sandbox, workdir: str) -> int:
+    """A detached, idmapped clone of ``workdir`` for a root spawner's job (see idmap.py)."""
+    from_userns = None
+    info = os.stat(workdir)
+    if (info.st_uid, info.st_gid) == (0, 0):
+        # The sandbox's own user namespace maps 0 to its host id: no helper namespace needed.
+        from_userns = f"/proc/{sandbox.pid}/ns/user"
+    return idmap.idmapped_tree(workdir, sandbox.lease.mapping.host_uid, from_userns)
+
+
+def start(sandbox: Sandbox, job: JobSpec, stdio: tuple[int, int, int], tree: int = -1) -> None:
+    """Hand the job to a warm sandbox; its report then ends at execve."""
+    fds_out = list(stdio) + ([tree] if tree >= 0 else [])
+    message = json.dumps({"job": job.to_dict(), "work_tree": tree >= 0}).encode()
+    socket.send_fds(sandbox.job_sock, [message], fds_out)
+    sandbox.state = "starting"
 
 
 def program_exit(status_fd: int) -> dict[str, Any] | None:
@@ -340,3 +430,24 @@ def program_exit(status_fd: int) -> dict[str, Any] | None:
         if frame.get("kind") == "exit":
             return frame
     return None
+
+
+def destroy(sandbox: Sandbox) -> None:
+    """Kill a sandbox (its init is PID 1: everything in it goes) — the caller reaps it."""
+    try:
+        sc.pidfd_send_signal(sandbox.pidfd, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def close_fds(sandbox: Sandbox) -> None:
+    sandbox.job_sock.close()
+    for name in ("report_fd", "status_fd", "sync_fd", "pidfd"):
+        fd = getattr(sandbox, name)
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+            setattr(sandbox, name, -1)
+

@@ -62,6 +62,8 @@ class Services:
 
 
 SERVICES = web.AppKey("services", Services)
+# A typed request key where aiohttp has them (3.12+; a plain string key warns there).
+REQUEST_ID = web.RequestKey("request_id", str) if hasattr(web, "RequestKey") else "request_id"
 
 
 def _field_of(location: tuple) -> str:
@@ -79,7 +81,7 @@ async def errors_middleware(request: web.Request, handler):
     request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
     if not (0 < len(request_id) <= 128 and request_id.isprintable()):
         request_id = uuid.uuid4().hex
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     started = time.monotonic()
     services: Services = request.app[SERVICES]
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
@@ -115,7 +117,7 @@ def authenticate(request: web.Request) -> auth.TokenRecord:
     record = services.tokens.authenticate(presented) if presented else None
     client = request.remote
     if record is None:
-        services.audit("auth_denied", reason="missing or invalid token", request_id=request["request_id"],
+        services.audit("auth_denied", reason="missing or invalid token", request_id=request[REQUEST_ID],
                        client=client, path=request.path)
         raise ApiError(401, "unauthorized", "a valid bearer token is required",
                        headers={"WWW-Authenticate": 'Bearer realm="sandboxd"'})
@@ -123,7 +125,7 @@ def authenticate(request: web.Request) -> auth.TokenRecord:
     if not allowed:
         services.metrics.rejections.labels(reason="rate_limited").inc()
         services.audit("auth_denied", reason="rate limited", tenant=record.tenant, token_id=record.id,
-                       request_id=request["request_id"], client=client)
+                       request_id=request[REQUEST_ID], client=client)
         raise ApiError(429, "rate_limited", "too many requests for this token",
                        headers={"Retry-After": str(int(retry_after))})
     return record
@@ -131,7 +133,7 @@ def authenticate(request: web.Request) -> auth.TokenRecord:
 
 def submitter(request: web.Request, record: auth.TokenRecord) -> Submitter:
     return Submitter(tenant=record.tenant, token_id=record.id, max_running=record.max_running,
-                     max_queued=record.max_queued, request_id=request["request_id"], client=request.remote)
+                     max_queued=record.max_queued, request_id=request[REQUEST_ID], client=request.remote)
 
 
 async def read_json(request: web.Request) -> bytes:
@@ -151,6 +153,21 @@ def parse_run_request(body: bytes) -> RunRequest:
         raise ApiError(422, "invalid_request", message, field=_field_of(first["loc"])) from None
 
 
+def check_file_sizes(run: RunRequest, config: ServiceConfig) -> None:
+    """Files in that the service would refuse: a 422 now, not a run that fails later."""
+    total = 0
+    for index, item in enumerate(run.files):
+        size = len(item.data())
+        total += size
+        if size > config.max_file_bytes:
+            raise ApiError(422, "invalid_request", f"larger than max_file_bytes ({config.max_file_bytes})",
+                           field=f"files[{index}].content")
+        if total > config.max_files_total_bytes:
+            raise ApiError(422, "invalid_request",
+                           f"the files together pass max_files_total_bytes ({config.max_files_total_bytes})",
+                           field=f"files[{index}].content")
+
+
 # --- routes -----------------------------------------------------------------------------
 
 
@@ -160,21 +177,24 @@ async def post_run(request: web.Request) -> web.Response:
     run = parse_run_request(await read_json(request))
     if not auth.may_use_policy(record, run.policy):
         services.audit("auth_denied", reason=f"policy {run.policy} not allowed", tenant=record.tenant,
-                       token_id=record.id, request_id=request["request_id"], client=request.remote)
+                       token_id=record.id, request_id=request[REQUEST_ID], client=request.remote)
         raise ApiError(403, "forbidden", f"this token may not use the policy {run.policy!r}", field="policy")
     try:
         services.runs.executor.policies.get(run.policy)
     except (SandboxdInputError, LayerUnavailable) as exc:
         raise ApiError(422, "invalid_request", str(exc), field="policy") from None
+    check_file_sizes(run, services.config)
+    if not services.runs.accepting:
+        raise ApiError(503, "unavailable", "the service is shutting down", headers={"Retry-After": "5"})
     try:
         run_id = await services.runs.submit(run, submitter(request, record))
     except QueueFull as exc:
         services.metrics.rejections.labels(reason="queue_full").inc()
         services.audit("auth_denied", reason=f"quota: {exc.reason}", tenant=record.tenant,
-                       token_id=record.id, request_id=request["request_id"], client=request.remote)
+                       token_id=record.id, request_id=request[REQUEST_ID], client=request.remote)
         raise ApiError(429, "queue_full", exc.reason, headers={"Retry-After": "1"}) from None
     services.audit("auth_accepted", tenant=record.tenant, token_id=record.id, run_id=run_id,
-                   policy=run.policy, request_id=request["request_id"], client=request.remote)
+                   policy=run.policy, request_id=request[REQUEST_ID], client=request.remote)
     if not run.wait:
         return web.json_response({"id": run_id, "status": "queued"}, status=202)
     try:
@@ -188,7 +208,9 @@ async def post_run(request: web.Request) -> web.Response:
     status, result, reason = outcome
     if status == "finished" and result is not None:
         return web.json_response(result)
-    return web.json_response({"id": run_id, "status": status, "reason": reason, "result": result})
+    # failed/cancelled: 200 with the reason; still queued (the service is restarting): 202
+    return web.json_response({"id": run_id, "status": status, "reason": reason, "result": result},
+                             status=200 if status in FINAL else 202)
 
 
 async def get_run(request: web.Request) -> web.Response:

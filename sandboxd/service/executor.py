@@ -77,8 +77,10 @@ class Executor:
             job = JobSpec(job_id=run_id, argv=tuple(request.argv), env=tuple(request.env.items()),
                           workdir=str(workdir), limits=limits)
             watch = await self._run(template, job, request.stdin_bytes())
-            result = watch.result().to_dict()
-            watch.close()
+            try:
+                result = watch.result().to_dict()
+            finally:
+                watch.close()  # the pidfd and the pipes; what was read stays in the streams
             copied = []
             if request.copy_out:
                 copied = await asyncio.to_thread(self._copy_out, workdir, request.copy_out)
@@ -145,11 +147,17 @@ class Executor:
                     # Cancelled (DELETE, client gone, shutdown): end the job, then finish
                     # normally so its cgroup, pipes and work directory are cleaned up.
                     watch.kill()
-                    await asyncio.shield(self._finish(queue, watch))
+                    try:
+                        await asyncio.shield(self._finish(queue, watch))
+                    finally:
+                        watch.close()  # else its pidfd and pipes stay open for good
                     raise
                 watch.on_event(event)
                 if event.kind == "started":
                     self.hub.publish(job.job_id, "started", {"id": job.job_id})
+        except BaseException:
+            watch.close()
+            raise
         finally:
             for fd in readers:
                 loop.remove_reader(fd)
@@ -159,8 +167,13 @@ class Executor:
         return watch
 
     async def _finish(self, queue: asyncio.Queue, watch: JobWatch) -> None:
+        """After a cancel: wait for the job's end, killing it as soon as it has a pidfd (a
+        cancel that came before the ``started`` event could not kill it yet)."""
         while not watch.done:
-            watch.on_event(await queue.get())
+            event = await queue.get()
+            watch.on_event(event)
+            if event.kind == "started":
+                watch.kill()
 
     def _on_output(self, watch: JobWatch, stream: CappedStream, run_id: str) -> None:
         before = stream.total

@@ -260,6 +260,8 @@ def _openat2(dir_fd: int, name: bytes, flags: int, mode: int) -> int | None:
     if err == errno.ENOSYS:
         _openat2_state["missing"] = True
         return None
+    if err == errno.EXDEV:  # RESOLVE_NO_XDEV (a single component cannot escape RESOLVE_BENEATH)
+        raise OSError(err, "on another file system", os.fsdecode(name))
     raise OSError(err, os.strerror(err), os.fsdecode(name))
 
 
@@ -470,10 +472,6 @@ def _type_reason(mode: int) -> str:
     return _TYPE_NAMES.get(stat.S_IFMT(mode), "not a regular file")
 
 
-class _ScanLimit(Exception):
-    pass
-
-
 class _CopyOut:
     def __init__(self, root: int, dev: int, matcher: _Matcher, limits: CopyOutLimits) -> None:
         self.root = root
@@ -485,6 +483,7 @@ class _CopyOut:
         self.files = 0
         self.total = 0
         self.total_hit = False
+        self.exhausted: list[str] | None = None  # the directory where max_scanned_entries ran out
 
     # -- reporting
 
@@ -494,30 +493,36 @@ class _CopyOut:
     # -- walking
 
     def names(self, fd: int, states: frozenset[_State], rel: list[str]) -> list[str]:
-        """The entries of directory ``fd`` worth looking at, sorted; counts them as scanned."""
+        """The entries of directory ``fd`` worth looking at, sorted; counts them as scanned.
+
+        Reads at most what is left of ``max_scanned_entries``: if the directory has more,
+        the entries read are still handled and the walk then stops (nothing more is read).
+        """
+        if self.exhausted is not None:
+            return []
+        left = self.limits.max_scanned_entries - self.scanned
         wanted = self.matcher.literals(states)
         if wanted is not None:
-            self.count(len(wanted), rel)
+            if len(wanted) > left:
+                wanted = wanted[:left]
+                self.exhausted = rel
+            self.scanned += len(wanted)
             return wanted
         names = []
         with os.scandir(fd) as entries:
             for entry in entries:
-                self.count(1, rel)
+                if len(names) >= left:
+                    self.exhausted = rel
+                    break
                 names.append(entry.name)
+        self.scanned += len(names)
         names.sort(key=_sort_key)
         return names
 
-    def count(self, n: int, rel: list[str]) -> None:
-        self.scanned += n
-        if self.scanned > self.limits.max_scanned_entries:
-            self.refuse(rel, "limit: max_scanned_entries")
-            raise _ScanLimit
-
     def walk(self) -> list[FileOut]:
-        try:
-            self._walk()
-        except _ScanLimit:
-            pass
+        self._walk()
+        if self.exhausted is not None:
+            self.refuse(self.exhausted, "limit: max_scanned_entries")
         return self.results
 
     def _walk(self) -> None:
@@ -669,8 +674,10 @@ def copy_out(workdir: str, patterns: list[str], limits: CopyOutLimits = CopyOutL
     UTF-8"``, ``"name has control characters"``, ``"unreadable: ..."``, ``"limit: max_files"``,
     ``"limit: max_total_bytes"`` (once one file does not fit, no later one is taken),
     ``"limit: max_depth"`` (a directory a pattern would descend into, too deep) and
-    ``"limit: max_scanned_entries"`` (reported once, for the directory where the walk
-    stopped). A directory a pattern descends into (``a/**``, ``**``) is walked, not
+    ``"limit: max_scanned_entries"`` (reported once, last, for the directory where the
+    budget ran out; the entries read up to then are still handled, nothing more is read).
+    The per-directory order is by name bytes; a directory cut short by the budget is handled
+    in a kernel-chosen subset. A directory a pattern descends into (``a/**``, ``**``) is walked, not
     reported; a symlink a pattern would descend through is reported as refused. Patterns
     are checked with :func:`validate_pattern` (a bad one raises :class:`FileError`).
     """

@@ -32,12 +32,24 @@ def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "malformed JSON", 401: "missing or invalid token", 403: "policy not allowed for this token",
             404: "no such run", 413: "request body too large", 415: "not application/json",
             422: "invalid request; error.field names the field",
-            429: "rate limited or queue full; see Retry-After", 503: "not ready"}
-    return {str(code): _json(schemas.ErrorModel, text[code]) for code in codes}
+            429: "rate limited or queue full; see Retry-After", 503: "shutting down; see Retry-After"}
+    responses = {str(code): _json(schemas.ErrorModel, text[code]) for code in codes}
+    for code in ("429", "503"):
+        if code in responses:
+            responses[code]["headers"] = {"Retry-After": {"required": True, "description": "seconds",
+                                                         "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+    return responses
 
 
 ACCEPTED = {"type": "object", "required": ["id", "status"],
-            "properties": {"id": {"type": "string"}, "status": {"type": "string"}}}
+            "properties": {"id": {"type": "string"},
+                           "status": {"enum": ["queued", "running", "finished", "failed", "cancelled"]}}}
+# Open API 3.1 without itemSchema: the schema of an event stream describes each event.
+SSE_EVENT = {"type": "object", "required": ["event", "data"],
+             "properties": {"event": {"enum": ["queued", "started", "stdout", "stderr", "finished"]},
+                            "data": {"type": "string", "contentMediaType": "application/json",
+                                     "description": "JSON: {id} for queued/started, {data, data_base64} for "
+                                                    "output, {id, status, reason, result} for finished"}}}
 RUN_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 SECURED = [{"bearer": []}]
 
@@ -56,9 +68,12 @@ def openapi_document() -> dict[str, Any]:
             "/v1/runs": {"post": {
                 "summary": "Run a program", "operationId": "createRun", "security": SECURED,
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(schemas.RunRequest)}}},
-                "responses": {"200": _json(schemas.RunResultModel, "the finished run (wait=true)"),
-                              "202": _json(ACCEPTED, "queued (wait=false) or still running after the longest wait"),
-                              **_errors(400, 403, 413, 415, 422, *auth_errors)}}},
+                "responses": {"200": _json({"anyOf": [_ref(schemas.RunResultModel), _ref(schemas.RunStatusModel)]},
+                                           "wait=true: the result of the finished run, or the run's "
+                                           "status and reason when it failed or was cancelled"),
+                              "202": _json(ACCEPTED, "queued (wait=false), still running after the longest "
+                                                     "wait, or left queued by a restart"),
+                              **_errors(400, 403, 413, 415, 422, *auth_errors, 503)}}},
             "/v1/runs/{id}": {
                 "get": {"summary": "A run's state and result", "operationId": "getRun", "security": SECURED,
                         "parameters": [RUN_ID],
@@ -72,7 +87,7 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "Server-Sent Events: queued, started, stdout, stderr, finished",
                 "operationId": "runEvents", "security": SECURED, "parameters": [RUN_ID],
                 "responses": {"200": {"description": "an event stream",
-                                      "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                                      "content": {"text/event-stream": {"schema": SSE_EVENT}}},
                               **_errors(404, *auth_errors)}}},
             "/v1/policies": {"get": {
                 "summary": "The policies this token may use", "operationId": "listPolicies", "security": SECURED,

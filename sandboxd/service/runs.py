@@ -67,8 +67,15 @@ class RunManager:
         # Queue caps are checked before anything is stored: a refused run leaves no trace.
         self.scheduler.submit(ticket, who.max_queued if recovered_id is None else 1 << 30)
         if recovered_id is None:
-            created_at = await self.store.add(run_id, who.tenant, who.token_id, request.policy,
-                                              request.model_dump(mode="json"))
+            try:
+                created_at = await self.store.add(run_id, who.tenant, who.token_id, request.policy,
+                                                  request.model_dump(mode="json"))
+            except BaseException:
+                # Not stored (an error, or the request was cancelled): no task will ever
+                # release this ticket, so take it back or it holds a queue place or a slot.
+                if not self.scheduler.cancel(ticket):
+                    self.scheduler.release(ticket)
+                raise
         self.hub.publish(run_id, "queued", {"id": run_id})
         self.audit("job_queued", run_id=run_id, tenant=who.tenant, policy=request.policy,
                    request_id=who.request_id, client=who.client)
@@ -157,7 +164,11 @@ class RunManager:
             except ValueError as exc:
                 await self.store.finish(row.id, "failed", None, f"stored request no longer valid: {exc}")
                 continue
-            await self.submit(request, who, recovered_id=row.id, created_at=row.created_at)
+            try:
+                await self.submit(request, who, recovered_id=row.id, created_at=row.created_at)
+            except QueueFull as exc:  # more left queued than the queue now holds: fail, don't crash
+                await self.store.finish(row.id, "failed", None, f"not requeued after a restart: {exc.reason}")
+                continue
             requeued += 1
         return {"requeued": requeued, "failed_running": failed}
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator,
+                      model_validator)
+
+from sandboxd.service import files as job_files
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_ARGV = 256
@@ -28,6 +31,16 @@ def _no_nul(value: str, what: str) -> str:
     return value
 
 
+def _copy_out_pattern(value: str) -> str:
+    try:
+        return job_files.validate_pattern(value, field="pattern")
+    except job_files.FileError as exc:
+        raise ValueError(exc.reason) from None
+
+
+CopyOutPattern = Annotated[str, AfterValidator(_copy_out_pattern)]
+
+
 def decode_base64(value: str, what: str) -> bytes:
     try:
         return base64.b64decode(value, validate=True)
@@ -42,6 +55,14 @@ class FileInModel(_Strict):
     content: str | None = Field(default=None, description="UTF-8 text")
     content_base64: str | None = Field(default=None, description="bytes, base64")
     executable: bool = False
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        try:
+            return job_files.validate_name(value)
+        except job_files.FileError as exc:
+            raise ValueError(exc.reason) from None
 
     @model_validator(mode="after")
     def _one_content(self) -> "FileInModel":
@@ -75,7 +96,7 @@ class RunRequest(_Strict):
     stdin: str | None = Field(default=None, description="UTF-8 text on the job's stdin")
     stdin_base64: str | None = Field(default=None, description="bytes on the job's stdin, base64")
     files: list[FileInModel] = Field(default_factory=list, max_length=256)
-    copy_out: list[str] = Field(default_factory=list, max_length=64,
+    copy_out: list[CopyOutPattern] = Field(default_factory=list, max_length=64,
                                 description="names or globs in the work directory to return")
     env: dict[str, str] = Field(default_factory=dict)
     limits: LimitsModel = Field(default_factory=LimitsModel)
@@ -104,13 +125,15 @@ class RunRequest(_Strict):
             _no_nul(item, f"env[{name}]")
         return value
 
-    @model_validator(mode="after")
-    def _stdin(self) -> "RunRequest":
-        if self.stdin is not None and self.stdin_base64 is not None:
+    @field_validator("stdin_base64")
+    @classmethod
+    def _stdin(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # A field validator (not a model one) so that the 422 names the field.
+        if value is not None and info.data.get("stdin") is not None:
             raise ValueError("give at most one of stdin and stdin_base64")
-        if self.stdin_base64 is not None:
-            decode_base64(self.stdin_base64, "stdin_base64")
-        return self
+        if value is not None:
+            decode_base64(value, "stdin_base64")
+        return value
 
     def stdin_bytes(self) -> bytes:
         if self.stdin is not None:

@@ -68,7 +68,10 @@ class SpawnerKeeper:
     async def alive(self) -> bool:
         try:
             spawner = await self.get()
-            await spawner.ping()
+            # ping and define share the spawner's control queue: one at a time, or a readyz
+            # probe can take the answer a policy definition waits for (and the reverse).
+            async with spawner._define_lock:
+                await spawner.ping()
             return True
         except Exception:
             self.metrics.spawner_up.set(0)
@@ -108,7 +111,10 @@ def _audit_logger(config: ServiceConfig):
     return open_service_audit(config)
 
 
-async def serve(config: ServiceConfig, *, ready: asyncio.Event | None = None) -> None:
+async def serve(config: ServiceConfig, *, ready: asyncio.Event | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, or until ``stop`` is set when one is given (then no
+    signal handlers are installed: tests run several services in one process)."""
     configure_logging(config.log_level)
     state = Path(config.state_dir)
     state.mkdir(parents=True, exist_ok=True)
@@ -137,21 +143,25 @@ async def serve(config: ServiceConfig, *, ready: asyncio.Event | None = None) ->
     services = Services(config, store, runs, hub, metrics, tokens, auth.RateLimiter(), keeper.alive, audit)
     audit("service_started", listen=config.listen, unix_socket=config.unix_socket, slots=config.slots,
           recovered=recovered)
-    runner = web.AppRunner(build_app(services), access_log=None, handle_signals=False)
+    # handler_cancellation: aiohttp (>= 3.8.6) no longer cancels a handler whose client went
+    # away; without it a wait=true run would never see its client go (cancel_on_disconnect).
+    runner = web.AppRunner(build_app(services), access_log=None, handle_signals=False, shutdown_timeout=1.0,
+                           handler_cancellation=True)
     await runner.setup()
     sites = []
     if config.listen:
-        sites.append(web.TCPSite(runner, config.host, config.port, shutdown_timeout=1.0))
+        sites.append(web.TCPSite(runner, config.host, config.port))
     if config.unix_socket:
-        sites.append(web.UnixSite(runner, config.unix_socket, shutdown_timeout=1.0))
+        sites.append(web.UnixSite(runner, config.unix_socket))
     for site in sites:
         await site.start()
     log.info("serving", listen=config.listen, unix_socket=config.unix_socket, state_dir=str(state),
              spawner_pid=keeper.current.pid if keeper.current else None, **recovered)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     if ready is not None:
         ready.set()
     await stop.wait()

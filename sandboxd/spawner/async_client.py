@@ -16,8 +16,9 @@ from sandboxd.spawner.client import Event, SpawnerClient, SpawnerGone
 
 
 class AsyncSpawner:
-    def __init__(self, client: SpawnerClient) -> None:
+    def __init__(self, client: SpawnerClient, pool: int = 0) -> None:
         self.client = client
+        self.pool = pool  # warm sandboxes kept per policy
         self.sock = client.sock
         self.sock.setblocking(False)
         self._loop = asyncio.get_running_loop()
@@ -29,9 +30,9 @@ class AsyncSpawner:
         self._loop.add_reader(self.sock.fileno(), self._readable)
 
     @classmethod
-    async def start(cls) -> "AsyncSpawner":
+    async def start(cls, pool: int = 0) -> "AsyncSpawner":
         client = await asyncio.to_thread(SpawnerClient.start_exec)
-        return cls(client)
+        return cls(client, pool)
 
     @property
     def pid(self) -> int:
@@ -71,7 +72,7 @@ class AsyncSpawner:
             if template.policy_hash in self._defined:
                 return
             protocol.send(self.sock, {"op": "define", "hash": template.policy_hash,
-                                      "template": template.to_dict()})
+                                      "template": template.to_dict(), "pool": self.pool})
             event = await asyncio.wait_for(self._control.get(), timeout=30)
             if event.kind != "defined":
                 raise RuntimeError(f"spawner refused the template: {event.data.get('detail')}")

@@ -68,11 +68,12 @@ class SpawnerClient:
         self.close()
 
     # --- requests ------------------------------------------------------------------------
-    def define(self, template: JailTemplate) -> None:
+    def define(self, template: JailTemplate, pool: int = 0) -> None:
+        """Send a template once; ``pool`` warm sandboxes of it are then kept ready."""
         if template.policy_hash in self._defined:
             return
         protocol.send(self.sock, {"op": "define", "hash": template.policy_hash,
-                                  "template": template.to_dict()})
+                                  "template": template.to_dict(), "pool": pool})
         event = self._wait_for(lambda e: e.kind in ("defined", "error"))
         if event.kind == "error":
             raise RuntimeError(f"spawner refused the template: {event.data.get('detail')}")

@@ -14,7 +14,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from sandboxd.jail import cgroups
@@ -66,7 +66,7 @@ class RunningJob:
             return
         next_check = self.wall_deadline
         if self.limits.cpu_time is not None and self.cgroup is not None:
-            used = self.cgroup.cpu_usage_s()
+            used = self.cgroup.job_cpu_s()
             if used >= self.limits.cpu_time:
                 self.kill("cpu_time")
                 return
@@ -88,18 +88,6 @@ class RunningJob:
                 self.cgroup.kill_all()
             except OSError:
                 pass
-
-    def finish(self) -> dict[str, Any]:
-        """Counters, then teardown: every process in the cgroup dead, the cgroup gone."""
-        usage: dict[str, Any] = {}
-        if self.cgroup is not None:
-            try:
-                counted = self.cgroup.usage()
-                usage = {k: v for k, v in asdict(counted).items() if k != "sources"}
-                usage["sources"] = counted.sources
-            finally:
-                self.cgroup.remove()
-        return usage
 
 
 def limit_value(job: RunningJob) -> Any:

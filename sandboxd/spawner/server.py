@@ -1,10 +1,16 @@
 """The spawner: a lean, single-threaded process and the only place that forks jobs.
 
 It serves one caller over a SOCK_SEQPACKET socket. The caller defines jail templates
-(compiled policies, cached here by hash) and asks for runs, passing the job's stdio as
-SCM_RIGHTS; the spawner clones the job (``sandboxd.jail.spine.launch``), hands back a
-pidfd, reaps the job and reports how it ended. When the caller goes away, every job it
-started is killed and the spawner exits.
+(compiled policies, cached here by hash, each with the size of its pool of pre-built
+sandboxes) and asks for runs, passing the job's stdio as SCM_RIGHTS. The spawner gives
+each run a sandbox — a warm one from the template's pool, or one built on the spot — hands
+back a pidfd, enforces the clocks, reaps the job, reports how it ended, tears the sandbox
+down, and builds a replacement in the background. A sandbox serves exactly one job.
+When the caller goes away, every sandbox is killed and the spawner exits.
+
+Nothing here blocks on a child: building, starting and ending sandboxes are steps of one
+poll loop, so set-up work runs in the children, on the other cores, while the spawner
+answers.
 
 Why a separate process: forking from a process with threads (any asyncio service) can
 deadlock the child on a lock another thread held, and unshare(CLONE_NEWUSER) refuses a
@@ -19,16 +25,42 @@ import select
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 from sandboxd.jail import cgroups, spine
 from sandboxd.jail import syscalls as sc
 from sandboxd.jail.failure import SetupFailure
-from sandboxd.jail.plan import JailTemplate, JobSpec
+from sandboxd.jail.plan import JailTemplate, JobLimits, JobSpec
 from sandboxd.jail.userns import IdAllocator
 from sandboxd.spawner import protocol
 from sandboxd.spawner.jobs import RunningJob, cgroup_for, limit_value
+
+SETUP_TIMEOUT_S = 10.0
+POOL_IDLE_S = 300.0
+
+
+@dataclass
+class Pool:
+    size: int = 0  # warm sandboxes to keep for this template
+    warm: deque = field(default_factory=deque)
+    building: int = 0
+
+
+@dataclass
+class Entry:
+    """One sandbox and what the spawner knows of it."""
+
+    sandbox: spine.Sandbox
+    cgroup: Any
+    cgroup_layer: dict[str, Any]
+    job: RunningJob | None = None
+    pending: tuple[JobSpec, list[int]] | None = None  # a job waiting for this sandbox to be warm
+    deadline: float = 0.0  # by when it must be warm
+    digest: str = ""  # its template
+    pooled: bool = False  # built for the pool (counted in Pool.building until warm)
+    warm_since: float = 0.0
 
 
 class Spawner:
@@ -36,25 +68,32 @@ class Spawner:
         self.sock = sock
         self.ids = ids or IdAllocator()
         self.templates: dict[str, JailTemplate] = {}
-        self.jobs: dict[int, RunningJob] = {}  # by pidfd
+        self.pools: dict[str, Pool] = {}
+        self.by_fd: dict[int, Entry] = {}  # report fds and pidfds
+        self.entries: set[int] = set()  # ids of live entries, to count
         self.poller = select.poll()
         self.poller.register(sock.fileno(), select.POLLIN)
         self.cgroups = cgroups.detect()
         # What a sandboxd that died without cleaning up left behind: its jobs' cgroups.
         self.swept = self.cgroups.sweep() if self.cgroups is not None else []
+        self.host_namespaces = spine._namespace_ids()
 
     # --- requests ------------------------------------------------------------------------
     def handle(self, message: dict[str, Any], fds: list[int]) -> None:
         op = message.get("op")
         try:
             if op == "define":
-                self.templates[message["hash"]] = JailTemplate.from_dict(message["template"])
-                protocol.send(self.sock, {"event": "defined", "hash": message["hash"]})
+                digest = message["hash"]
+                self.templates[digest] = JailTemplate.from_dict(message["template"])
+                self.pools.setdefault(digest, Pool()).size = max(0, min(int(message.get("pool", 0)), 16))
+                protocol.send(self.sock, {"event": "defined", "hash": digest})
+                self._refill(digest)
             elif op == "run":
                 self.run(message, fds)
                 fds = []
             elif op == "ping":
-                protocol.send(self.sock, {"event": "pong", "pid": os.getpid(), "jobs": len(self.jobs)})
+                protocol.send(self.sock, {"event": "pong", "pid": os.getpid(), "sandboxes": len(self.entries),
+                                          "warm": {h: len(p.warm) for h, p in self.pools.items()}})
             else:
                 protocol.send(self.sock, {"event": "error", "detail": f"unknown op {op!r}"})
         except (KeyError, TypeError, ValueError) as exc:
@@ -71,70 +110,216 @@ class Spawner:
 
     def run(self, message: dict[str, Any], fds: list[int]) -> None:
         job = JobSpec.from_dict(message["job"])
-        cgroup = None
+        digest = message["template"]
+        template = self.templates.get(digest)
+        if template is None or len(fds) != 3:
+            for fd in fds:
+                os.close(fd)
+            raise ValueError(f"unknown template {digest!r}" if template is None else f"a run needs 3 fds, got {len(fds)}")
+        limits = job.limits or template.limits
+        pool = self.pools[digest]
+        # A rootless job's work directory must be bound while the root is built (after
+        # pivot_root a rootless sandbox cannot reach host paths): no warm sandbox fits it.
+        early = job.workdir if (job.workdir and self.ids.rootless) else None
+        entry = None
+        if early is None:
+            while pool.warm and entry is None:
+                candidate = pool.warm.popleft()
+                entry = candidate if candidate.sandbox.state == "warm" else None
+        if entry is None:
+            try:
+                entry = self._prepare(template, digest, limits, early)
+            except (SetupFailure, cgroups.CgroupUnavailable, OSError) as exc:
+                for fd in fds:
+                    os.close(fd)
+                self._refuse(job, "cgroup" if isinstance(exc, cgroups.CgroupUnavailable) else "spawner",
+                             _detail(exc), getattr(exc, "errno", 0) or 0)
+                return
+        entry.pending = (job, fds)
+        if entry.sandbox.state == "warm":
+            self._start(entry)
+        self._refill(digest)
+
+    # --- building sandboxes ------------------------------------------------------------------
+    def _prepare(self, template: JailTemplate, digest: str, limits: JobLimits, early: str | None) -> Entry:
+        job_id = f"sbx-{time.monotonic_ns()}"
+        cgroup, layer = cgroup_for(self.cgroups, job_id, limits, template.cgroup_mode)
         try:
-            if len(fds) != 3:
-                raise ValueError(f"a run needs 3 stdio fds, got {len(fds)}")
-            template = self.templates.get(message["template"])
-            if template is None:
-                raise ValueError(f"unknown template {message['template']!r}")
-            limits = job.limits or template.limits
+            sandbox = spine.prepare(template, self.ids, early_workdir=early,
+                                    place_in_cgroup=None if cgroup is None else cgroup.place)
+        except BaseException:
+            if cgroup is not None:
+                cgroup.remove()
+            raise
+        entry = Entry(sandbox, cgroup, layer, deadline=time.monotonic() + SETUP_TIMEOUT_S, digest=digest)
+        self.by_fd[sandbox.report_fd] = entry
+        self.by_fd[sandbox.pidfd] = entry
+        self.entries.add(id(entry))
+        self.poller.register(sandbox.report_fd, select.POLLIN)
+        self.poller.register(sandbox.pidfd, select.POLLIN)
+        return entry
+
+    def _refill(self, digest: str) -> None:
+        pool = self.pools.get(digest)
+        template = self.templates.get(digest)
+        if pool is None or template is None:
+            return
+        while len(pool.warm) + pool.building < pool.size:
             try:
-                cgroup, cgroup_layer = cgroup_for(self.cgroups, job.job_id, limits, template.cgroup_mode)
-            except cgroups.CgroupUnavailable as exc:
-                self._refuse(job, "cgroup", f"refused: {exc} (the policy requires cgroups; "
-                             "set cgroup.mode = \"best-effort\" to run without)")
+                entry = self._prepare(template, digest, template.limits, None)
+            except (SetupFailure, cgroups.CgroupUnavailable, OSError):
+                return  # the next run builds its own and says why
+            entry.pooled = True
+            pool.building += 1
+
+    def _on_report(self, entry: Entry) -> None:
+        sandbox = entry.sandbox
+        ended = spine.read_report(sandbox)
+        error = next((f for f in sandbox.frames if f.get("kind") == "error"), None)
+        if sandbox.state == "preparing":
+            if any(f.get("kind") == "warm" for f in sandbox.frames) and error is None:
+                sandbox.frames.clear()
+                sandbox.state = "warm"
+                if entry.pooled:
+                    pool = self.pools[entry.digest]
+                    pool.building -= 1
+                    entry.pooled = False
+                    if entry.pending is None:
+                        entry.warm_since = time.monotonic()
+                        pool.warm.append(entry)
+                if entry.pending is not None:
+                    self._start(entry)
                 return
-            try:
-                launched = spine.launch(template, job, (fds[0], fds[1], fds[2]), self.ids,
-                                        place_in_cgroup=None if cgroup is None else cgroup.place)
-            except (SetupFailure, OSError) as exc:
-                if isinstance(exc, OSError):
-                    exc = SetupFailure(f"{exc.filename or 'spawner'}: {exc.strerror}", exc.errno or 0)
-                if cgroup is not None:
-                    cgroup.remove()
-                self._refuse(job, "spawner", exc.detail, exc.errno)
-                return
+            if error is not None or ended:
+                self._fail_entry(entry, error or {"stage": "sandbox", "detail": "the sandbox ended while being built",
+                                                  "errno": 0, "exit_code": spine.EXIT_SETUP_FAILED})
+            return
+        if sandbox.state == "starting" and (ended or error is not None):
+            self._started(entry, error)
+
+    def _fail_entry(self, entry: Entry, error: dict[str, Any]) -> None:
+        """A sandbox that could not be built: tell the job waiting for it, if any."""
+        if entry.pooled:
+            self.pools[entry.digest].building -= 1
+            entry.pooled = False
+        if entry.pending is not None:
+            job, fds = entry.pending
+            entry.pending = None
+            for fd in fds:
+                os.close(fd)
+            protocol.send(self.sock, {"event": "failed", "job_id": job.job_id, "error": error, "final": True})
+        entry.sandbox.state = "failed"
+        self._stop_watching_report(entry)
+        spine.destroy(entry.sandbox)
+
+    # --- starting jobs ---------------------------------------------------------------------------
+    def _start(self, entry: Entry) -> None:
+        assert entry.pending is not None
+        job, fds = entry.pending
+        entry.pending = None
+        sandbox = entry.sandbox
+        limits = job.limits or sandbox.template.limits
+        tree = -1
+        try:
+            if entry.cgroup is not None:
+                if limits != sandbox.template.limits:
+                    entry.cgroup.set_limits(cgroups.CgroupLimits(limits.memory, limits.pids, limits.cpus))
+                entry.cgroup.begin()
+            elif limits.needs_cgroup() and sandbox.template.cgroup_mode == "required":
+                raise cgroups.CgroupUnavailable("the job's limits need a cgroup this host cannot give")
+            if job.workdir and not sandbox.rootless:
+                # As root the job owns nothing on the host: show it the work directory as its own.
+                tree = spine.work_tree(sandbox, job.workdir)
+            spine.start(sandbox, job, (fds[0], fds[1], fds[2]), tree)
+        except (SetupFailure, cgroups.CgroupUnavailable, OSError) as exc:
+            entry.job = None
+            protocol.send(self.sock, {"event": "failed", "job_id": job.job_id, "final": True, "error": {
+                "stage": "cgroup" if isinstance(exc, cgroups.CgroupUnavailable) else "spawner",
+                "detail": _detail(exc), "errno": getattr(exc, "errno", 0) or 0,
+                "exit_code": spine.EXIT_SETUP_FAILED}})
+            sandbox.state = "failed"
+            spine.destroy(sandbox)
+            return
         finally:
             for fd in fds:
                 os.close(fd)
-        self.jobs[launched.pidfd] = RunningJob(job.job_id, launched.pid, launched.pidfd,
-                                               launched.started, launched.lease, launched.status_fd,
-                                               limits, cgroup)
-        self.poller.register(launched.pidfd, select.POLLIN)
-        if launched.ready is not None:
-            launched.ready["cgroup"] = cgroup_layer
-        if launched.error is not None:
-            protocol.send(self.sock, {"event": "failed", "job_id": job.job_id, "error": launched.error,
-                                      "final": False})
-        else:
-            started = {"event": "started", "job_id": job.job_id, "pid": launched.pid,
-                       "ready": launched.ready, "host_namespaces": spine._namespace_ids(),
-                       "id_map": {"uid": launched.lease.mapping.host_uid,
-                                  "gid": launched.lease.mapping.host_gid,
-                                  "rootless": self.ids.rootless}}
-            # The caller gets its own copy of the pidfd: it can signal the job without a pid race.
-            protocol.send(self.sock, started, [launched.pidfd])
+            if tree >= 0:
+                os.close(tree)
+        entry.job = RunningJob(job.job_id, sandbox.pid, sandbox.pidfd, time.monotonic(), sandbox.lease,
+                               sandbox.status_fd, limits, entry.cgroup)
 
-    # --- jobs ending ---------------------------------------------------------------------
-    def reap(self, pidfd: int) -> None:
-        job = self.jobs.pop(pidfd)
-        self.poller.unregister(pidfd)
-        _, init_status, rusage = os.wait4(job.pid, 0)
+    def _started(self, entry: Entry, error: dict[str, Any] | None) -> None:
+        sandbox = entry.sandbox
+        job = entry.job
+        assert job is not None
+        self._stop_watching_report(entry)
+        os.close(sandbox.sync_fd)
+        sandbox.sync_fd = -1
+        sandbox.state = "running"
+        if error is not None:
+            protocol.send(self.sock, {"event": "failed", "job_id": job.job_id, "error": error, "final": False})
+            return
+        ready = next((f for f in sandbox.frames if f.get("kind") == "ready"), None)
+        if ready is None:
+            protocol.send(self.sock, {"event": "failed", "job_id": job.job_id, "final": False, "error": {
+                "stage": "sandbox", "detail": "the sandbox ended before its program started",
+                "errno": 0, "exit_code": spine.EXIT_SETUP_FAILED}})
+            return
+        ready["cgroup"] = entry.cgroup_layer
+        started = {"event": "started", "job_id": job.job_id, "pid": sandbox.pid, "ready": ready,
+                   "host_namespaces": self.host_namespaces,
+                   "id_map": {"uid": sandbox.lease.mapping.host_uid, "gid": sandbox.lease.mapping.host_gid,
+                              "rootless": self.ids.rootless}}
+        # The caller gets its own copy of the pidfd: it can signal the job without a pid race.
+        protocol.send(self.sock, started, [sandbox.pidfd])
+
+    def _stop_watching_report(self, entry: Entry) -> None:
+        fd = entry.sandbox.report_fd
+        if fd >= 0 and fd in self.by_fd:
+            self.poller.unregister(fd)
+            del self.by_fd[fd]
+            os.close(fd)
+            entry.sandbox.report_fd = -1
+
+    # --- sandboxes ending ------------------------------------------------------------------------
+    def _reap(self, entry: Entry) -> None:
+        sandbox = entry.sandbox
+        if sandbox.state == "starting" and sandbox.report_fd >= 0:
+            # Its report and its end arrived together: the caller hears "started" first.
+            spine.read_report(sandbox)
+            self._started(entry, next((f for f in sandbox.frames if f.get("kind") == "error"), None))
+        self._stop_watching_report(entry)
+        self.poller.unregister(sandbox.pidfd)
+        self.by_fd.pop(sandbox.pidfd, None)
+        self.entries.discard(id(entry))
+        _, init_status, rusage = os.wait4(sandbox.pid, 0)
+        job = entry.job
+        if sandbox.state in ("preparing", "warm") and job is None:
+            if entry.pending is not None or sandbox.state == "preparing":
+                self._fail_entry(entry, {"stage": "sandbox", "detail": "the sandbox died while being built",
+                                         "errno": 0, "exit_code": spine.EXIT_SETUP_FAILED})
+            pool = self.pools.get(entry.digest)
+            if pool is not None and entry in pool.warm:
+                pool.warm.remove(entry)
+            self._teardown(entry, None)
+            return
+        if job is None:
+            self._teardown(entry, None)
+            return
         wall = time.monotonic() - job.started
-        try:
-            usage = job.finish()
-        except OSError as exc:
-            usage = {"error": f"cgroup teardown: {exc}"}
-        # The program's own status, as the job's init saw it; the init's when it never ran.
-        program = spine.program_exit(job.status_fd) or {}
+        program = spine.program_exit(sandbox.status_fd) or {}
         status = program.get("wait_status")
         source = "program"
         if status is None:
             status, source = init_status, "init"
-        os.close(job.status_fd)
-        os.close(pidfd)
-        job.lease.release()
+        usage: dict[str, Any] = {}
+        if entry.cgroup is not None:
+            try:
+                counted = entry.cgroup.usage()
+                usage = {k: v for k, v in counted.__dict__.items() if k != "sources"}
+                usage["sources"] = counted.sources
+            except OSError as exc:
+                usage = {"error": f"cgroup counters: {exc}"}
         code = os.waitstatus_to_exitcode(status)
         protocol.send(self.sock, {
             "event": "exited", "job_id": job.job_id,
@@ -153,42 +338,17 @@ class Spawner:
             "rusage": {"utime": rusage.ru_utime, "stime": rusage.ru_stime,
                        "nvcsw": rusage.ru_nvcsw, "nivcsw": rusage.ru_nivcsw},
         })
+        # Teardown after the answer: the caller does not wait for the cgroup's removal.
+        self._teardown(entry, job)
 
-    def kill_all(self) -> None:
-        for pidfd, job in list(self.jobs.items()):
+    def _teardown(self, entry: Entry, job: RunningJob | None) -> None:
+        if entry.cgroup is not None:
             try:
-                sc.pidfd_send_signal(pidfd, signal.SIGKILL)
+                entry.cgroup.remove()
             except OSError:
                 pass
-        for pidfd, job in list(self.jobs.items()):
-            try:
-                os.waitpid(job.pid, 0)
-            except ChildProcessError:
-                pass
-            try:
-                job.finish()
-            except OSError:
-                pass
-            os.close(pidfd)
-            os.close(job.status_fd)
-            job.lease.release()
-        self.jobs.clear()
-        if self.cgroups is not None:
-            self.cgroups.close()
-
-    def _timeout_ms(self) -> int | None:
-        if not self.jobs:
-            return None
-        soonest = min(job.next_check for job in self.jobs.values())
-        if soonest == float("inf"):
-            return None
-        return max(0, int((soonest - time.monotonic()) * 1000) + 1)
-
-    def _check_clocks(self) -> None:
-        current = time.monotonic()
-        for job in self.jobs.values():
-            if job.next_check <= current:
-                job.check(current)
+        entry.sandbox.lease.release()
+        spine.close_fds(entry.sandbox)
 
     # --- loop ----------------------------------------------------------------------------
     def serve(self) -> None:
@@ -204,13 +364,76 @@ class Spawner:
                             self.handle(message, fds)
                         elif events & (select.POLLHUP | select.POLLERR):
                             return
-                    elif fd in self.jobs:
-                        self.reap(fd)
+                        continue
+                    entry = self.by_fd.get(fd)
+                    if entry is None:
+                        continue
+                    if fd == entry.sandbox.pidfd:
+                        self._reap(entry)
+                    else:
+                        self._on_report(entry)
                 self._check_clocks()
         except (BrokenPipeError, ConnectionResetError):
             return
         finally:
             self.kill_all()
+
+    def _running(self) -> list[RunningJob]:
+        seen = {id(e): e for e in self.by_fd.values()}
+        return [e.job for e in seen.values() if e.job is not None]
+
+    def _timeout_ms(self) -> int | None:
+        now = time.monotonic()
+        soonest = min([job.next_check for job in self._running()] +
+                      [e.deadline for e in self.by_fd.values() if e.sandbox.state == "preparing"] +
+                      [now + POOL_IDLE_S if any(p.warm for p in self.pools.values()) else float("inf")])
+        if soonest == float("inf"):
+            return None
+        return max(0, int((soonest - now) * 1000) + 1)
+
+    def _check_clocks(self) -> None:
+        now = time.monotonic()
+        for job in self._running():
+            if job.next_check <= now:
+                job.check(now)
+        for entry in {id(e): e for e in self.by_fd.values()}.values():
+            if entry.sandbox.state == "preparing" and entry.deadline <= now:
+                self._fail_entry(entry, {"stage": "sandbox", "detail": f"not built within {SETUP_TIMEOUT_S} s",
+                                         "errno": 0, "exit_code": spine.EXIT_SETUP_FAILED})
+        for pool in self.pools.values():  # warm sandboxes nobody asked for in a while
+            while pool.warm and now - pool.warm[0].warm_since > POOL_IDLE_S:
+                spine.destroy(pool.warm.popleft().sandbox)
+
+    def kill_all(self) -> None:
+        entries = list({id(e): e for e in self.by_fd.values()}.values())
+        for entry in entries:
+            spine.destroy(entry.sandbox)
+        for entry in entries:
+            try:
+                os.waitpid(entry.sandbox.pid, 0)
+            except ChildProcessError:
+                pass
+            if entry.cgroup is not None:
+                try:
+                    entry.cgroup.remove()
+                except OSError:
+                    pass
+            entry.sandbox.lease.release()
+            spine.close_fds(entry.sandbox)
+        self.by_fd.clear()
+        if self.cgroups is not None:
+            self.cgroups.close()
+
+
+def _detail(exc: BaseException) -> str:
+    if isinstance(exc, cgroups.CgroupUnavailable):
+        return (f"refused: {exc} (the policy requires cgroups for these limits; "
+                "set cgroup.mode = \"best-effort\" to run without them)")
+    if isinstance(exc, SetupFailure):
+        return exc.detail
+    if isinstance(exc, OSError):
+        return f"{exc.filename or 'spawner'}: {exc.strerror}"
+    return str(exc)
 
 
 def prepare_process() -> None:
