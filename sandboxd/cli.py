@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output-limit", type=_size, metavar="SIZE", help="bytes kept of each of stdout and stderr")
     run.add_argument("--file-size-limit", type=_size, metavar="SIZE")
     run.add_argument("--cpus", type=_positive_float, metavar="N", help="CPU bandwidth in cores")
+    run.add_argument("--audit-log", metavar="DIR", help="append this job's records to the audit log in DIR")
+    run.add_argument("--audit-hmac-key", metavar="FILE", help="also sign the records with this key")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- PROGRAM [ARG…]")
 
     policy = commands.add_parser("policy", help="check and show policies")
@@ -113,9 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", metavar="FILE", help="TOML file of settings (docs/service.md)")
     serve.add_argument("--slots", type=_positive_int, metavar="N")
 
+    from sandboxd.audit import cli as audit_cli
     from sandboxd.service import auth
 
     auth.add_commands(commands)
+    audit_cli.add_commands(commands)
     return parser
 
 
@@ -182,7 +186,17 @@ def _run(args: argparse.Namespace, argv: list[str], client) -> int:
 
     from sandboxd.supervise.runner import run_job
 
+    audit = None
+    if args.audit_log:
+        from sandboxd.audit.service import cli_audit
+
+        audit = cli_audit(args.audit_log, args.audit_hmac_key)
+        audit.job_started(job.job_id, policy={"name": loaded.name, "hash": loaded.hash})
     outcome = run_job(client, template, job, stdio, streams, close_after_send=handed)
+    if audit is not None:
+        # On disk before we report the result, like the service.
+        audit.job_finished(outcome.to_dict(), argv=argv, env=dict(args.env), limits=limits.__dict__)
+        audit.writer.close()
     if outcome.error is not None:
         print(f"sandboxd: {outcome.error.get('stage')}: {outcome.error.get('detail')}", file=sys.stderr)
     if args.result == "-":
@@ -271,8 +285,14 @@ def cmd_token(args: argparse.Namespace) -> int:
     return auth.run(args)
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from sandboxd.audit import cli as audit_cli
+
+    return audit_cli.run(args)
+
+
 COMMANDS = {"run": cmd_run, "policy": cmd_policy, "profile": cmd_profile, "doctor": cmd_doctor,
-            "serve": cmd_serve, "token": cmd_token}
+            "serve": cmd_serve, "token": cmd_token, "audit": cmd_audit}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

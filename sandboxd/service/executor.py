@@ -89,7 +89,7 @@ class Executor:
         out, err = watch.streams
         encode = (lambda data: base64.b64encode(data).decode()) if request.output_encoding == "base64" \
             else (lambda data: data.decode("utf-8", errors="replace"))
-        result.update(id=run_id, status="finished", stdout=encode(bytes(out.kept)), stderr=encode(bytes(err.kept)),
+        result.update(id=run_id, status="finished", limits={k: v for k, v in limits.__dict__.items()}, stdout=encode(bytes(out.kept)), stderr=encode(bytes(err.kept)),
                       stdout_truncated=out.truncated, stderr_truncated=err.truncated,
                       output_encoding=request.output_encoding,
                       files=[{"path": f.path, "size": f.size, "refused": f.refused,

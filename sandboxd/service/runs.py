@@ -53,7 +53,11 @@ class RunManager:
         self.executor = executor
         self.hub = hub
         self.metrics = metrics
-        self.audit = audit or (lambda event, **fields: None)
+        if audit is None:
+            from sandboxd.audit.service import NullAudit
+
+            audit = NullAudit()
+        self.audit = audit
         self.active: dict[str, ActiveRun] = {}
         self.accepting = True
 
@@ -123,9 +127,14 @@ class RunManager:
             self.metrics.jobs.labels(verdict=verdict, tenant=who.tenant).inc()
             if result is not None:
                 self.metrics.duration.observe(result.get("usage", {}).get("wall_s", 0.0))
-            self.audit("job_finished", run_id=run_id, tenant=who.tenant, policy=request.policy,
-                       status=status, reason=reason, result=result, argv=request.argv,
-                       env_names=sorted(request.env), request_id=who.request_id, client=who.client)
+            try:
+                # The answer waits for this record: no acknowledged run lacks its audit record.
+                await self.audit.job_finished(result, run_id=run_id, status=status, reason=reason,
+                                              argv=request.argv, env=request.env,
+                                              limits=(result or {}).get("limits"), request_id=who.request_id,
+                                              tenant=who.tenant, client=who.client)
+            except Exception as exc:  # the run's own record survives; say loudly that the trail did not
+                log.error("audit_failed", run_id=run_id, error=str(exc))
             self.hub.publish(run_id, "finished", {"id": run_id, "status": status, "reason": reason,
                                                   "result": result})
             self.active.pop(run_id, None)

@@ -20,6 +20,8 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
+from sandboxd.audit.service import ServiceAudit
+from sandboxd.policy.load import policy_search_path
 from sandboxd.service import auth
 from sandboxd.service.app import Services, build_app
 from sandboxd.service.config import ServiceConfig
@@ -50,8 +52,9 @@ def configure_logging(level: str) -> None:
 class SpawnerKeeper:
     """The spawner, started again if it dies (jobs it was running end as failed)."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, pool: int = 0) -> None:
         self.metrics = metrics
+        self.pool = pool
         self.current: AsyncSpawner | None = None
         self._lock = asyncio.Lock()
 
@@ -61,7 +64,7 @@ class SpawnerKeeper:
                 if self.current is not None:
                     self.metrics.spawner_restarts.inc()
                     log.warning("spawner_restarted", reason=self.current.gone)
-                self.current = await AsyncSpawner.start()
+                self.current = await AsyncSpawner.start(self.pool)
                 self.metrics.spawner_up.set(1)
             return self.current
 
@@ -100,15 +103,26 @@ class KeptSpawner:
             spawner.release(job_id)
 
 
-def _audit_logger(config: ServiceConfig):
-    """The audit trail: sandboxd.audit when present, else a structlog line per event."""
-    try:
-        from sandboxd.audit.service import open_service_audit  # noqa: PLC0415 - optional module
-    except ImportError:
-        audit_log = structlog.get_logger("sandboxd.audit")
-        return (lambda event, **fields: audit_log.info(event, **{k: v for k, v in fields.items()
-                                                                    if k != "result"})), None
-    return open_service_audit(config)
+def _policy_hashes(policies: PolicyCache) -> dict[str, str]:
+    hashes = {}
+    for directory in policy_search_path():
+        for path in sorted(directory.glob("*.toml")) if directory.is_dir() else ():
+            try:
+                hashes.setdefault(path.stem, policies.get(path.stem).loaded.hash)
+            except Exception:  # a broken policy is not served; the audit says nothing of it
+                continue
+    return hashes
+
+
+async def _watch_changes(audit: ServiceAudit, tokens: auth.TokenStore, policies: PolicyCache) -> None:
+    """Token and policy changes made while we run go into the audit trail."""
+    while True:
+        try:
+            audit.notice_tokens(await asyncio.to_thread(tokens.list))
+            audit.notice_policies(await asyncio.to_thread(_policy_hashes, policies))
+        except Exception as exc:
+            log.warning("change_watch_failed", error=str(exc))
+        await asyncio.sleep(1.0)
 
 
 async def serve(config: ServiceConfig, *, ready: asyncio.Event | None = None,
@@ -126,11 +140,12 @@ async def serve(config: ServiceConfig, *, ready: asyncio.Event | None = None,
         log.info("admin_token_created", path=str(state / "admin-token"))
     store = await JobStore.open(str(state / "jobs.sqlite"))
     metrics = Metrics()
-    keeper = SpawnerKeeper(metrics)
+    keeper = SpawnerKeeper(metrics, config.pool_size)
     await keeper.get()
     hub = EventHub()
-    audit, audit_closer = _audit_logger(config)
-    executor = Executor(config, KeptSpawner(keeper), hub, PolicyCache())
+    audit = ServiceAudit.open(config.audit_dir, config.audit_hmac_key)
+    policies = PolicyCache()
+    executor = Executor(config, KeptSpawner(keeper), hub, policies)
     runs = RunManager(store, Scheduler(config.slots, config.max_queued_total), executor, hub, metrics, audit)
 
     def submitter_for(token_id: str) -> Submitter | None:
@@ -141,8 +156,10 @@ async def serve(config: ServiceConfig, *, ready: asyncio.Event | None = None,
 
     recovered = await runs.recover(submitter_for)
     services = Services(config, store, runs, hub, metrics, tokens, auth.RateLimiter(), keeper.alive, audit)
-    audit("service_started", listen=config.listen, unix_socket=config.unix_socket, slots=config.slots,
-          recovered=recovered)
+    await audit.service_started(config, await asyncio.to_thread(_policy_hashes, policies),
+                                recovered=recovered)
+    audit.notice_tokens(tokens.list())
+    watcher = asyncio.create_task(_watch_changes(audit, tokens, policies))
     # handler_cancellation: aiohttp (>= 3.8.6) no longer cancels a handler whose client went
     # away; without it a wait=true run would never see its client go (cancel_on_disconnect).
     runner = web.AppRunner(build_app(services), access_log=None, handle_signals=False, shutdown_timeout=1.0,
@@ -172,8 +189,8 @@ async def serve(config: ServiceConfig, *, ready: asyncio.Event | None = None,
     await runs.shutdown(config.shutdown_grace_s)
     await runner.cleanup()
     await keeper.close()
-    audit("service_stopped")
-    if audit_closer is not None:
-        await audit_closer()
+    watcher.cancel()
+    await audit.service_stopped()
+    await audit.close()
     await store.close()
     log.info("stopped")
