@@ -33,13 +33,26 @@ def _read_cap_last_cap() -> int:
 CAP_LAST_CAP = _read_cap_last_cap()
 
 
-def drop_all() -> None:
+def lock_down() -> None:
+    """Securebits locked, bounding and ambient sets emptied: nothing can ever be regained.
+
+    The effective set is untouched, so a sandbox that has done this while waiting for its
+    job can still mount the job's work directory; ``drop_all`` finishes the job."""
     try:
         # uid 0 of the namespace must not regain capabilities on execve: lock root semantics off.
         sc.prctl(sc.PR_SET_SECUREBITS, LOCKED_SECUREBITS)
         for cap in range(CAP_LAST_CAP + 1):
             sc.prctl(sc.PR_CAPBSET_DROP, cap)
         sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_CLEAR_ALL)
+    except OSError as exc:
+        raise failed("lock capabilities down", exc) from None
+
+
+def drop_all() -> None:
+    """Every capability set empty (after ``lock_down``, or doing it first)."""
+    if sc.prctl(sc.PR_CAPBSET_READ, 0) == 1:  # cap 0 still in the bounding set: not locked down yet
+        lock_down()
+    try:
         sc.capset_empty()
     except OSError as exc:
         raise failed("drop capabilities", exc) from None

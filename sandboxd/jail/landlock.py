@@ -597,6 +597,16 @@ _os_fstat = os.fstat
 _os_close = os.close
 
 
+@dataclass
+class BuiltRuleset:
+    """A ruleset with its rules added, not yet enforced (``build`` then ``enforce``)."""
+
+    plan: "LandlockPlan"
+    fd: int
+    fs_rules: int
+    net_rules: int
+
+
 def apply(plan: LandlockPlan) -> AppliedLandlock:
     """Enforce ``plan`` on the calling (single-threaded) process; runs in the child.
 
@@ -604,35 +614,26 @@ def apply(plan: LandlockPlan) -> AppliedLandlock:
     Raises :class:`LandlockError` naming the path when a rule path cannot be opened.
     A plan with ``abi == 0`` (best-effort on a kernel without Landlock) is a no-op.
     """
+    built = build(plan)
+    return enforce(built)
+
+
+def build(plan: LandlockPlan, *, later: tuple[str, ...] = ()) -> BuiltRuleset:
+    """Create the ruleset and add every rule but those on ``later`` paths; nothing is
+    enforced yet.
+
+    Splitting this from ``enforce`` lets a sandbox build its ruleset before its job arrives.
+    A path something will be mounted on must wait (``add_later``): Landlock skips a hidden
+    mount point on its way up from a file, so a rule on the directory beneath a mount does
+    not reach into it.
+    """
     if not plan.enforced:
-        return AppliedLandlock(plan.abi, 0, 0, 0, 0, 0, 0, False)
-    handled_fs = plan.handled_fs
+        return BuiltRuleset(plan, -1, 0, 0)
     handled_net = plan.handled_net
-    rfd = create_ruleset(handled_fs, handled_net, plan.scoped)
-    nfs = 0
-    nnet = 0
+    rfd = create_ruleset(plan.handled_fs, handled_net, plan.scoped)
+    built = BuiltRuleset(plan, rfd, 0, 0)
     try:
-        attr = _PathBeneathAttr()
-        pattr = _byref(attr)
-        c_rfd = _c_int(rfd)
-        for rule in plan.fs_rules:
-            path = rule.path
-            try:
-                fd = _os_open(path, _O_PATH_CLOEXEC)
-            except OSError as e:
-                raise LandlockError(e.errno, f"landlock rule path cannot be opened: {e.strerror}", path) from None
-            try:
-                access = rule.access & handled_fs
-                if _os_fstat(fd).st_mode & _S_IFMT != _S_IFDIR:
-                    access &= ACCESS_FILE
-                if access:
-                    attr.allowed_access = access
-                    attr.parent_fd = fd
-                    if _sys(_NR_ADD, c_rfd, _RULE_PATH, pattr, _ZERO_UINT) == -1:
-                        raise _fail(f"landlock_add_rule(access={'|'.join(fs_names(access))})", path)
-                    nfs += 1
-            finally:
-                _os_close(fd)
+        _add_fs_rules(built, [rule for rule in plan.fs_rules if rule.path not in later])
         if handled_net:
             nattr = _NetPortAttr()
             pn = _byref(nattr)
@@ -641,12 +642,57 @@ def apply(plan: LandlockPlan) -> AppliedLandlock:
                 if access:
                     nattr.allowed_access = access
                     nattr.port = nrule.port
-                    if _sys(_NR_ADD, c_rfd, _RULE_NET, pn, _ZERO_UINT) == -1:
+                    if _sys(_NR_ADD, _c_int(rfd), _RULE_NET, pn, _ZERO_UINT) == -1:
                         raise _fail(f"landlock_add_rule(tcp port {nrule.port})")
-                    nnet += 1
-        restrict_self(rfd, plan.restrict_flags)
-    finally:
+                    built.net_rules += 1
+    except BaseException:
         _os_close(rfd)
+        raise
+    return built
+
+
+def add_later(built: BuiltRuleset, paths: tuple[str, ...]) -> None:
+    """Add the rules ``build`` left for ``paths``, once their mounts are in place."""
+    if built.fd >= 0:
+        _add_fs_rules(built, [rule for rule in built.plan.fs_rules if rule.path in paths])
+
+
+def _add_fs_rules(built: BuiltRuleset, rules: list) -> None:
+    handled_fs = built.plan.handled_fs
+    attr = _PathBeneathAttr()
+    pattr = _byref(attr)
+    c_rfd = _c_int(built.fd)
+    for rule in rules:
+        path = rule.path
+        try:
+            fd = _os_open(path, _O_PATH_CLOEXEC)
+        except OSError as e:
+            raise LandlockError(e.errno, f"landlock rule path cannot be opened: {e.strerror}", path) from None
+        try:
+            access = rule.access & handled_fs
+            if _os_fstat(fd).st_mode & _S_IFMT != _S_IFDIR:
+                access &= ACCESS_FILE
+            if access:
+                attr.allowed_access = access
+                attr.parent_fd = fd
+                if _sys(_NR_ADD, c_rfd, _RULE_PATH, pattr, _ZERO_UINT) == -1:
+                    raise _fail(f"landlock_add_rule(access={'|'.join(fs_names(access))})", path)
+                built.fs_rules += 1
+        finally:
+            _os_close(fd)
+
+
+def enforce(built: BuiltRuleset) -> AppliedLandlock:
+    """restrict_self with a built ruleset (needs no_new_privs), then close it."""
+    plan = built.plan
+    if built.fd < 0:
+        return AppliedLandlock(plan.abi, 0, 0, 0, 0, 0, 0, False)
+    try:
+        restrict_self(built.fd, plan.restrict_flags)
+    finally:
+        _os_close(built.fd)
+        built.fd = -1
     return AppliedLandlock(
-        plan.abi, handled_fs, handled_net, plan.scoped, plan.restrict_flags, nfs, nnet, True
+        plan.abi, plan.handled_fs, plan.handled_net, plan.scoped, plan.restrict_flags,
+        built.fs_rules, built.net_rules, True
     )

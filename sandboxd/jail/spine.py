@@ -16,9 +16,11 @@ Child, PID 1 of its namespaces — ``PREPARE_STAGES``:
         PID 1 stays as the job's init: ``INIT_STAGES`` (capabilities, no_new_privs + death
             signal), then reaps until the program ends (``sandboxd.jail.init``);
         PID 2, the program-to-be, reports "warm" and waits for its job.
-Program, PID 2 — ``JOB_STAGES``, when the job arrives:
+Program, PID 2 — ``WAIT_STAGES`` while it waits: default signal dispositions, bounding and
+    ambient capability sets emptied and securebits locked, the Landlock ruleset built, the
+    seccomp filter laid out; then ``JOB_STAGES`` when the job arrives:
     work directory → rlimits → session → capabilities → no_new_privs + death signal
-    → Landlock → stdio/fds → signals → seccomp (last: nothing after it needs a filtered
+    → Landlock enforced → stdio/fds → seccomp (last: nothing after it needs a filtered
     call) → execve.
 
 Every module the child uses is imported here, at import time in the spawner: after
@@ -69,6 +71,8 @@ class ChildContext:
     job: JobSpec | None = None
     stdio: tuple[int, int, int] = (-1, -1, -1)
     work_tree: int = -1
+    ruleset: Any = None  # landlock.BuiltRuleset, built before the job arrives
+    filter: Any = None  # seccomp.PreparedFilter, laid out before the job arrives
     applied: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -135,13 +139,28 @@ PREPARE_STAGES: tuple[tuple[str, Callable[[ChildContext], None]], ...] = (
 # --- Landlock -------------------------------------------------------------------------------------
 
 
+def _build_ruleset(ctx: ChildContext) -> None:
+    if ctx.template.landlock is not None:
+        try:
+            ctx.ruleset = landlock.build(landlock.LandlockPlan.from_dict(ctx.template.landlock),
+                                         later=(ctx.template.work_path,))
+        except OSError as exc:
+            raise SetupFailure(f"Landlock: {exc}", exc.errno or 0) from None
+
+
+def _prepare_filter(ctx: ChildContext) -> None:
+    if ctx.template.seccomp is not None:
+        ctx.filter = seccomp.PreparedFilter(ctx.template.seccomp.bpf)
+
+
 def _landlock(ctx: ChildContext) -> None:
-    if ctx.template.landlock is None:
+    if ctx.ruleset is None:
         ctx.applied["landlock"] = {"enforced": False, "mode": ctx.template.landlock_mode}
         return
-    plan = landlock.LandlockPlan.from_dict(ctx.template.landlock)
+    plan = ctx.ruleset.plan
     try:
-        applied = landlock.apply(plan)
+        landlock.add_later(ctx.ruleset, (ctx.template.work_path,))  # its mount exists now
+        applied = landlock.enforce(ctx.ruleset)
     except OSError as exc:
         raise SetupFailure(f"Landlock: {exc}", exc.errno or 0) from None
     ctx.applied["landlock"] = {
@@ -221,20 +240,28 @@ def _seccomp(ctx: ChildContext) -> None:
             # Our parent, the job's init, takes the listener with pidfd_getfd, which needs
             # us dumpable (the id change in the identity stage cleared it; execve sets it anew).
             sc.prctl(PR_SET_DUMPABLE, 1)
-            listener = seccomp.load_filter(plan.bpf, listener=True)
+            listener = ctx.filter.load(listener=True)
             os.write(ctx.handoff_fd, struct.pack("=i", listener))
             if os.read(ctx.handoff_fd, 1) != b"k":
                 raise SetupFailure("seccomp: the job's init could not take the notification listener")
             os.close(listener)
             os.close(ctx.handoff_fd)
         else:
-            seccomp.load_filter(plan.bpf)
+            ctx.filter.load()
     except OSError as exc:
         raise SetupFailure(f"seccomp: {exc.strerror}", exc.errno or 0) from None
     ctx.applied["seccomp"] = {"enforced": True, "mode": plan.mode, "profile": plan.profile,
                               "profile_hash": plan.profile_hash, "kills_named": plan.listener,
                               "errno_denials_observable": False}
 
+
+# The program-to-be readies what does not depend on the job while it waits for one.
+WAIT_STAGES: tuple[tuple[str, Callable[[ChildContext], None]], ...] = (
+    ("signals", _default_signals),
+    ("capability bounds", lambda ctx: caps.lock_down()),
+    ("landlock ruleset", _build_ruleset),
+    ("seccomp filter", _prepare_filter),
+)
 
 JOB_STAGES: tuple[tuple[str, Callable[[ChildContext], None]], ...] = (
     ("work directory", _work),
@@ -244,7 +271,6 @@ JOB_STAGES: tuple[tuple[str, Callable[[ChildContext], None]], ...] = (
     ("no_new_privs", lambda ctx: privs.lock_privileges(ctx.sync_fd)),
     ("landlock", _landlock),
     ("fds", lambda ctx: fds.install_stdio(ctx.stdio)),
-    ("signals", _default_signals),
     ("seccomp", _seccomp),
 )
 
@@ -296,6 +322,7 @@ def run_sandbox(ctx: ChildContext) -> NoReturn:
     try:
         prepared = _run_stages(ctx, PREPARE_STAGES, ctx.report_fd)
         # From here on we are PID 2, the program-to-be (PID 1 went on as the init).
+        prepared.update(_run_stages(ctx, WAIT_STAGES, ctx.report_fd))
         report.write_frame(ctx.report_fd, "warm", {})
         _run_stages(ctx, (("receive job", _receive_job),), ctx.report_fd)
         timings = _run_stages(ctx, JOB_STAGES, ctx.report_fd)
