@@ -127,10 +127,19 @@ def _bind(source: Source, target: str, writable: bool, what: str) -> None:
     _setattr(target, attrs, True, what)
 
 
+def inode_limit(size: int) -> int:
+    """Inodes a tmpfs of ``size`` bytes may hold: one per 4 KiB page, at least 1024.
+
+    Without a cap a tmpfs allows millions of empty files, each costing kernel memory that no
+    size= counts: a job could fill host memory through a 16 MiB /tmp."""
+    return max(1024, size // 4096)
+
+
 def _tmpfs(target: str, size: int, mode: str, what: str, flags: int = 0) -> None:
     os.makedirs(target, mode=0o755, exist_ok=True)
+    size = max(size, 4096)
     _mount("tmpfs", target, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | flags,
-           f"mode={mode},size={max(size, 4096)}", what)
+           f"mode={mode},size={size},nr_inodes={inode_limit(size)}", what)
 
 
 def _build_dev(root: str, shm_size: int) -> None:

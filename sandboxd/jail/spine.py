@@ -339,6 +339,8 @@ def run_sandbox(ctx: ChildContext) -> NoReturn:
         except OSError as exc:
             code = EXIT_NOT_FOUND if exc.errno == 2 else EXIT_CANNOT_EXECUTE
             _fail(ctx.report_fd, "exec", f"{job.argv[0]}: {exc.strerror}", exc.errno or 0, code)
+        except ValueError as exc:  # a NUL byte or a lone surrogate: nothing execve could take
+            _fail(ctx.report_fd, "exec", f"{job.argv[0]!r}: {exc}", 0, EXIT_CANNOT_EXECUTE)
     except BaseException as exc:
         _fail(ctx.report_fd, "sandbox", f"{type(exc).__name__}: {exc}", 0, EXIT_SETUP_FAILED)
     os._exit(EXIT_SETUP_FAILED)

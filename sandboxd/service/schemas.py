@@ -26,8 +26,13 @@ class _Strict(BaseModel):
 
 
 def _no_nul(value: str, what: str) -> str:
+    """Text that can reach execve: no NUL byte, and valid Unicode (no lone surrogates)."""
     if "\0" in value:
         raise ValueError(f"{what} cannot contain a NUL byte")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid Unicode (a lone surrogate)") from None
     return value
 
 

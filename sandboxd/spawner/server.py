@@ -29,7 +29,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandboxd.jail import cgroups, spine
+from sandboxd.jail import cgroups, proctitle, spine
 from sandboxd.jail import syscalls as sc
 from sandboxd.jail.failure import SetupFailure
 from sandboxd.jail.plan import JailTemplate, JobLimits, JobSpec
@@ -454,6 +454,9 @@ def prepare_process() -> None:
             os.open("/dev/null", os.O_RDWR)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    # Every job's init is a fork of this process: host paths in our command line would be
+    # readable at /proc/1/cmdline inside every job.
+    proctitle.set_title("sandboxd-spawner")
 
 
 def main(fd: int) -> None:
