@@ -80,13 +80,24 @@ def root_runner() -> Runner:
     return Runner("root", sys.executable, env, scratch=None)
 
 
+SUBORDINATE_START = 2_200_000_000  # far from sandboxd's own root range and from usual grants
+SUBORDINATE_COUNT = 65_536
+
+
 def _ensure_user() -> pwd.struct_passwd:
     try:
-        return pwd.getpwnam(ROOTLESS_USER)
+        user = pwd.getpwnam(ROOTLESS_USER)
     except KeyError:
         subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
                         ROOTLESS_USER], check=True, capture_output=True)
-        return pwd.getpwnam(ROOTLESS_USER)
+        user = pwd.getpwnam(ROOTLESS_USER)
+    # A subordinate range for the test user, for the rootless `subordinate` id mode.
+    for path in ("/etc/subuid", "/etc/subgid"):
+        existing = Path(path).read_text() if Path(path).exists() else ""
+        if not any(line.startswith(f"{ROOTLESS_USER}:") for line in existing.splitlines()):
+            with open(path, "a") as handle:
+                handle.write(f"{ROOTLESS_USER}:{SUBORDINATE_START}:{SUBORDINATE_COUNT}\n")
+    return user
 
 
 def rootless_runner() -> Runner | str:

@@ -66,7 +66,11 @@ class Entry:
 class Spawner:
     def __init__(self, sock: socket.socket, ids: IdAllocator | None = None) -> None:
         self.sock = sock
-        self.ids = ids or IdAllocator()
+        self.ids_error: str | None = None
+        try:
+            self.ids = ids or IdAllocator()
+        except RuntimeError as exc:  # e.g. subordinate ids asked for but not granted
+            self.ids, self.ids_error = IdAllocator(rootless_ids="self"), str(exc)
         self.templates: dict[str, JailTemplate] = {}
         self.pools: dict[str, Pool] = {}
         self.by_fd: dict[int, Entry] = {}  # report fds and pidfds
@@ -116,6 +120,11 @@ class Spawner:
             for fd in fds:
                 os.close(fd)
             raise ValueError(f"unknown template {digest!r}" if template is None else f"a run needs 3 fds, got {len(fds)}")
+        if self.ids_error is not None:
+            for fd in fds:
+                os.close(fd)
+            self._refuse(job, "user namespace", self.ids_error)
+            return
         limits = job.limits or template.limits
         pool = self.pools[digest]
         # A rootless job's work directory must be bound while the root is built (after
@@ -162,7 +171,7 @@ class Spawner:
     def _refill(self, digest: str) -> None:
         pool = self.pools.get(digest)
         template = self.templates.get(digest)
-        if pool is None or template is None:
+        if pool is None or template is None or self.ids_error is not None:
             return
         while len(pool.warm) + pool.building < pool.size:
             try:

@@ -55,6 +55,22 @@ def test_uid_map_is_unprivileged(sandbox: Runner) -> None:
     assert outcome.result["layers"]["id_map"]["rootless"] is (sandbox.uid is not None)
 
 
+def test_rootless_subordinate_ids(rootless_sandbox: Runner) -> None:
+    """Rootless with SANDBOXD_ROOTLESS_IDS=subordinate: the job is an id of the caller's
+    /etc/subuid range (mapped by newuidmap), not the caller."""
+    from tests.sandboxes import SUBORDINATE_COUNT, SUBORDINATE_START
+
+    outcome = run_ok(rootless_sandbox, "--", "/bin/sh", "-c", "cat /proc/self/uid_map /proc/self/gid_map; id -u",
+                     extra_env={"SANDBOXD_ROOTLESS_IDS": "subordinate"})
+    lines = outcome.stdout.splitlines()
+    uid_inside, uid_host, uid_count = (int(x) for x in lines[0].split())
+    gid_inside, gid_host, _ = (int(x) for x in lines[1].split())
+    assert (uid_inside, uid_count, lines[2]) == (0, 1, "0")
+    assert SUBORDINATE_START <= uid_host < SUBORDINATE_START + SUBORDINATE_COUNT
+    assert SUBORDINATE_START <= gid_host < SUBORDINATE_START + SUBORDINATE_COUNT
+    assert uid_host != rootless_sandbox.uid
+
+
 def test_concurrent_jobs_get_distinct_host_ids(root_sandbox: Runner) -> None:
     def start() -> subprocess.Popen:
         return subprocess.Popen([root_sandbox.python, "-m", "sandboxd", "run", "--", "/bin/sh", "-c",
