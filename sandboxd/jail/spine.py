@@ -29,6 +29,7 @@ pivot_root or Landlock a lazy import would fail.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -319,6 +320,7 @@ def _fail(report_to: int | None, stage: str, detail: str, errno: int, code: int)
 
 def run_sandbox(ctx: ChildContext) -> NoReturn:
     """The cloned child's whole life. Never returns; never raises."""
+    gc.disable()  # short-lived: a collection would only write to (and copy) shared pages
     try:
         prepared = _run_stages(ctx, PREPARE_STAGES, ctx.report_fd)
         # From here on we are PID 2, the program-to-be (PID 1 went on as the init).

@@ -42,6 +42,7 @@ class ServiceConfig(BaseSettings):
     default_wall_time_s: float = Field(default=60.0, gt=0, description="wall-time limit when neither policy nor request sets one")
     audit_log: str | None = Field(default=None, description="directory of the audit log (default: <state_dir>/audit)")
     audit_hmac_key: str | None = Field(default=None, description="key file: records also carry an HMAC-SHA-256")
+    retention_s: float = Field(default=7 * 86400, gt=0, description="finished runs are kept this long, then pruned")
     pool_size: int = Field(default=2, ge=0, le=16, description="warm sandboxes kept ready per policy")
     log_level: str = Field(default="info")
 

@@ -2,17 +2,23 @@
 
 Each run keeps its events in order (queued, started, stdout/stderr chunks, finished), capped
 in size, so a subscriber that connects late replays what it missed and then follows live.
+Memory stays bounded: output chunks are held once, as bytes, and rendered when sent; a run
+keeps at most ``MAX_HISTORY_BYTES`` of output events; a finished run's history is dropped
+after ``KEEP_FINISHED_S`` or when more than ``KEEP_FINISHED`` runs have finished since — a
+later subscriber gets the stored result as one ``finished`` event instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
-MAX_HISTORY_BYTES = 4 << 20
-KEEP_FINISHED = 1000
+MAX_HISTORY_BYTES = 1 << 20
+KEEP_FINISHED = 64
+KEEP_FINISHED_S = 60.0
 
 
 @dataclass
@@ -25,11 +31,12 @@ class RunEvents:
     def publish(self, kind: str, data: dict[str, Any]) -> None:
         if self.closed:
             return
-        weight = len(str(data))
-        if kind in ("stdout", "stderr") and self.size + weight > MAX_HISTORY_BYTES:
-            return  # output stays capped in the result; the stream stops repeating it
+        if kind in ("stdout", "stderr"):
+            weight = len(data["raw"])
+            if self.size + weight > MAX_HISTORY_BYTES:
+                return  # output stays capped in the result; the stream stops repeating it
+            self.size += weight
         self.history.append((kind, data))
-        self.size += weight
         if kind == "finished":
             self.closed = True
         for waiter in self.waiters:
@@ -42,8 +49,13 @@ class RunEvents:
         try:
             while True:
                 while index < len(self.history):
-                    yield self.history[index]
+                    kind, data = self.history[index]
                     index += 1
+                    if kind in ("stdout", "stderr"):
+                        raw = data["raw"]
+                        data = {"data": raw.decode("utf-8", errors="replace"),
+                                "data_base64": base64.b64encode(raw).decode()}
+                    yield kind, data
                 if self.closed:
                     return
                 waiter.clear()
@@ -55,7 +67,7 @@ class RunEvents:
 class EventHub:
     def __init__(self) -> None:
         self.runs: dict[str, RunEvents] = {}
-        self._finished: list[str] = []
+        self._finished: list[tuple[float, str]] = []
 
     def get(self, run_id: str, create: bool = False) -> RunEvents | None:
         if create and run_id not in self.runs:
@@ -67,10 +79,11 @@ class EventHub:
         assert events is not None
         events.publish(kind, data)
         if kind == "finished":
-            self._finished.append(run_id)
-            while len(self._finished) > KEEP_FINISHED:
-                self.runs.pop(self._finished.pop(0), None)
+            now = time.monotonic()
+            self._finished.append((now, run_id))
+            while self._finished and (len(self._finished) > KEEP_FINISHED
+                                      or now - self._finished[0][0] > KEEP_FINISHED_S):
+                self.runs.pop(self._finished.pop(0)[1], None)
 
     def output(self, run_id: str, stream: str, data: bytes) -> None:
-        self.publish(run_id, stream, {"data": data.decode("utf-8", errors="replace"),
-                                      "data_base64": base64.b64encode(data).decode()})
+        self.publish(run_id, stream, {"raw": bytes(data)})

@@ -114,6 +114,17 @@ def _policy_hashes(policies: PolicyCache) -> dict[str, str]:
     return hashes
 
 
+async def _prune(store: JobStore, retention_s: float) -> None:
+    while True:
+        try:
+            removed = await store.prune(retention_s)
+            if removed:
+                log.info("runs_pruned", count=removed)
+        except Exception as exc:
+            log.warning("prune_failed", error=str(exc))
+        await asyncio.sleep(600)
+
+
 async def _watch_changes(audit: ServiceAudit, tokens: auth.TokenStore, policies: PolicyCache) -> None:
     """Token and policy changes made while we run go into the audit trail."""
     while True:
@@ -160,6 +171,7 @@ async def serve(config: ServiceConfig, *, ready: asyncio.Event | None = None,
                                 recovered=recovered)
     audit.notice_tokens(tokens.list())
     watcher = asyncio.create_task(_watch_changes(audit, tokens, policies))
+    pruner = asyncio.create_task(_prune(store, config.retention_s))
     # handler_cancellation: aiohttp (>= 3.8.6) no longer cancels a handler whose client went
     # away; without it a wait=true run would never see its client go (cancel_on_disconnect).
     runner = web.AppRunner(build_app(services), access_log=None, handle_signals=False, shutdown_timeout=1.0,
@@ -190,6 +202,7 @@ async def serve(config: ServiceConfig, *, ready: asyncio.Event | None = None,
     await runner.cleanup()
     await keeper.close()
     watcher.cancel()
+    pruner.cancel()
     await audit.service_stopped()
     await audit.close()
     await store.close()

@@ -94,6 +94,14 @@ class JobStore:
             rows = await cursor.fetchall()
         return [_row(row) for row in rows]
 
+    async def prune(self, older_than_s: float) -> int:
+        """Forget finished runs older than ``older_than_s``: the store does not grow forever."""
+        cursor = await self.db.execute(
+            "DELETE FROM runs WHERE status IN ('finished','failed','cancelled') AND finished_at < ?",
+            (time.time() - older_than_s,))
+        await self.db.commit()
+        return cursor.rowcount
+
     async def recover(self) -> tuple[list[RunRow], int]:
         """After a restart: runs still queued (to run again) and how many were running
         (now failed: their processes died with the previous service)."""
