@@ -38,8 +38,9 @@ def hmac_key(path: str | None) -> bytes | None:
 
 
 class ServiceAudit:
-    def __init__(self, writer: AuditWriter) -> None:
+    def __init__(self, writer: AuditWriter, directory: str = "") -> None:
         self.writer = writer
+        self.directory = directory
         self.logger = AsyncAuditLogger(writer)
         self._pending: set[asyncio.Task] = set()
         self._tokens: dict[str, tuple[str, bool]] = {}
@@ -48,7 +49,7 @@ class ServiceAudit:
     @classmethod
     def open(cls, directory: str, key_file: str | None = None) -> "ServiceAudit":
         Path(directory).mkdir(parents=True, exist_ok=True, mode=0o700)
-        return cls(AuditWriter(directory, hmac_key=hmac_key(key_file)))
+        return cls(AuditWriter(directory, hmac_key=hmac_key(key_file)), directory)
 
     def _background(self, awaitable: Any) -> None:
         task = asyncio.ensure_future(awaitable)
@@ -59,6 +60,31 @@ class ServiceAudit:
         self._pending.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("audit_write_failed", error=str(task.exception()))
+
+    def finished_jobs(self, job_ids: set[str], segments: int = 2) -> set[str]:
+        """Which of ``job_ids`` already have a job_finished record (newest segments only):
+        after a crash between a run's record and its store update, recovery must not write a
+        second one."""
+        from sandboxd.audit.chain import list_segments
+
+        found: set[str] = set()
+        for _number, path in reversed(list_segments(self.directory)[-segments:]):
+            with open(path, "rb") as handle:
+                for line in handle:
+                    if b'"job_finished"' not in line:
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    if record.get("event") == "job_finished" and record.get("job_id") in job_ids:
+                        found.add(record["job_id"])
+        return found
+
+    @property
+    def healthy(self) -> bool:
+        """False once the writer has failed: the service then refuses new runs (fail closed)."""
+        return getattr(self.writer, "_failed", None) is None
 
     # --- events ------------------------------------------------------------------------------
     def __call__(self, event: str, **fields: Any) -> None:
@@ -140,6 +166,11 @@ def cli_audit(directory: str, key_file: str | None = None) -> AuditLogger:
 
 class NullAudit:
     """No audit trail (tests that build the service's parts by hand)."""
+
+    healthy = True
+
+    def finished_jobs(self, job_ids: set[str], segments: int = 2) -> set[str]:
+        return set()
 
     def __call__(self, event: str, **fields: Any) -> None:
         pass

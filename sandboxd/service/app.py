@@ -186,6 +186,9 @@ async def post_run(request: web.Request) -> web.Response:
     check_file_sizes(run, services.config)
     if not services.runs.accepting:
         raise ApiError(503, "unavailable", "the service is shutting down", headers={"Retry-After": "5"})
+    if not getattr(services.audit, "healthy", True):
+        # Fail closed: a run whose record cannot be written must not run.
+        raise ApiError(503, "unavailable", "the audit log accepts no more records", headers={"Retry-After": "30"})
     try:
         run_id = await services.runs.submit(run, submitter(request, record))
     except QueueFull as exc:
@@ -289,6 +292,9 @@ async def readyz(request: web.Request) -> web.Response:
     services: Services = request.app[SERVICES]
     if not services.runs.accepting:
         return web.json_response({"status": "unavailable", "detail": "shutting down"}, status=503)
+    if not getattr(services.audit, "healthy", True):
+        return web.json_response({"status": "unavailable", "detail": "the audit log accepts no more records"},
+                                 status=503)
     if not await services.spawner_alive():
         return web.json_response({"status": "unavailable", "detail": "the spawner does not answer"}, status=503)
     return web.json_response({"status": "ok"})

@@ -121,20 +121,24 @@ class RunManager:
     async def _record(self, run_id: str, who: Submitter, request: RunRequest, status: str,
                       result: dict[str, Any] | None, reason: str | None, done: asyncio.Future) -> None:
         try:
+            # The audit record first: a run is never reported finished (by its answer or by
+            # GET) before its record is on disk. A crash in between leaves it "running" in the
+            # store, and the next start records it as failed: a second record, never none.
+            try:
+                await self.audit.job_finished(result, run_id=run_id, status=status, reason=reason,
+                                              argv=request.argv, env=request.env,
+                                              limits=(result or {}).get("limits"), request_id=who.request_id,
+                                              tenant=who.tenant, client=who.client)
+            except Exception as exc:  # fail closed: no record, no acknowledged result
+                log.error("audit_failed", run_id=run_id, error=str(exc))
+                status, result = "failed", None
+                reason = f"the run's audit record could not be written ({exc}); its result is withheld"
             await self.store.finish(run_id, status, result, reason)
         finally:
             verdict = (result or {}).get("verdict", status.upper())
             self.metrics.jobs.labels(verdict=verdict, tenant=who.tenant).inc()
             if result is not None:
                 self.metrics.duration.observe(result.get("usage", {}).get("wall_s", 0.0))
-            try:
-                # The answer waits for this record: no acknowledged run lacks its audit record.
-                await self.audit.job_finished(result, run_id=run_id, status=status, reason=reason,
-                                              argv=request.argv, env=request.env,
-                                              limits=(result or {}).get("limits"), request_id=who.request_id,
-                                              tenant=who.tenant, client=who.client)
-            except Exception as exc:  # the run's own record survives; say loudly that the trail did not
-                log.error("audit_failed", run_id=run_id, error=str(exc))
             self.hub.publish(run_id, "finished", {"id": run_id, "status": status, "reason": reason,
                                                   "result": result})
             self.active.pop(run_id, None)
@@ -161,7 +165,15 @@ class RunManager:
 
     async def recover(self, tokens: Callable[[str], Submitter | None]) -> dict[str, int]:
         """After a (re)start: queued runs are queued again; runs that were running fail."""
-        queued, failed = await self.store.recover()
+        queued, failed_rows = await self.store.recover()
+        failed = len(failed_rows)
+        recorded = await asyncio.to_thread(self.audit.finished_jobs, {row.id for row in failed_rows})
+        for row in failed_rows:  # their processes died with the previous service: say so
+            if row.id in recorded:
+                continue  # it finished and was recorded; the crash came before the store knew
+            await self.audit.job_finished(None, run_id=row.id, status="failed", reason=row.reason,
+                                          argv=row.request.get("argv", []), env=row.request.get("env", {}),
+                                          limits=None, request_id=None, tenant=row.tenant, client=None)
         requeued = 0
         for row in queued:
             who = tokens(row.token_id)

@@ -144,17 +144,35 @@ async def serve(config: ServiceConfig, *, ready: asyncio.Event | None = None,
     state = Path(config.state_dir)
     state.mkdir(parents=True, exist_ok=True)
     os.chmod(state, 0o700)
+    # The audit log first: if it refuses to open (a torn chain it cannot seal, another key),
+    # nothing else has been started that would have to be stopped.
+    audit = ServiceAudit.open(config.audit_dir, config.audit_hmac_key)
+    closing: list = []
+    try:
+        await _serve(config, state, audit, closing, ready, stop)
+    finally:
+        for close in reversed(closing):
+            try:
+                await close()
+            except Exception as exc:
+                log.error("close_failed", step=getattr(close, "__qualname__", str(close)), error=str(exc))
+
+
+async def _serve(config: ServiceConfig, state: Path, audit: ServiceAudit, closing: list,
+                 ready: asyncio.Event | None, stop: asyncio.Event | None) -> None:
+    closing.append(audit.close)
     tokens = auth.TokenStore(str(state / "tokens.json"))
     secret = tokens.ensure_admin()
     if secret is not None:
         auth.write_secret_file(str(state / "admin-token"), secret)
         log.info("admin_token_created", path=str(state / "admin-token"))
     store = await JobStore.open(str(state / "jobs.sqlite"))
+    closing.append(store.close)
     metrics = Metrics()
     keeper = SpawnerKeeper(metrics, config.pool_size)
+    closing.append(keeper.close)
     await keeper.get()
     hub = EventHub()
-    audit = ServiceAudit.open(config.audit_dir, config.audit_hmac_key)
     policies = PolicyCache()
     executor = Executor(config, KeptSpawner(keeper), hub, policies)
     runs = RunManager(store, Scheduler(config.slots, config.max_queued_total), executor, hub, metrics, audit)
@@ -165,10 +183,11 @@ async def serve(config: ServiceConfig, *, ready: asyncio.Event | None = None,
             return None
         return Submitter(record.tenant, record.id, record.max_running, record.max_queued)
 
+    await audit.service_started(config, await asyncio.to_thread(_policy_hashes, policies))
+    closing.append(audit.service_stopped)
     recovered = await runs.recover(submitter_for)
+    audit("service_recovered", **recovered)
     services = Services(config, store, runs, hub, metrics, tokens, auth.RateLimiter(), keeper.alive, audit)
-    await audit.service_started(config, await asyncio.to_thread(_policy_hashes, policies),
-                                recovered=recovered)
     audit.notice_tokens(tokens.list())
     watcher = asyncio.create_task(_watch_changes(audit, tokens, policies))
     pruner = asyncio.create_task(_prune(store, config.retention_s))
@@ -200,10 +219,7 @@ async def serve(config: ServiceConfig, *, ready: asyncio.Event | None = None,
         await site.stop()  # no new connections; requests in flight go on
     await runs.shutdown(config.shutdown_grace_s)
     await runner.cleanup()
-    await keeper.close()
     watcher.cancel()
     pruner.cancel()
-    await audit.service_stopped()
-    await audit.close()
-    await store.close()
+    # keeper.close, audit.service_stopped, store.close and audit.close run in serve()'s finally.
     log.info("stopped")

@@ -102,15 +102,17 @@ class JobStore:
         await self.db.commit()
         return cursor.rowcount
 
-    async def recover(self) -> tuple[list[RunRow], int]:
-        """After a restart: runs still queued (to run again) and how many were running
+    async def recover(self) -> tuple[list[RunRow], list[RunRow]]:
+        """After a restart: runs still queued (to run again) and the runs that were running
         (now failed: their processes died with the previous service)."""
-        cursor = await self.db.execute(
+        running = await self.by_status("running")
+        await self.db.execute(
             "UPDATE runs SET status='failed', reason=?, finished_at=? WHERE status='running'",
             ("the service stopped while the run was running", time.time()))
-        failed = cursor.rowcount
         await self.db.commit()
-        return await self.by_status("queued"), failed
+        for row in running:
+            row.status, row.reason = "failed", "the service stopped while the run was running"
+        return await self.by_status("queued"), running
 
 
 def _row(row: tuple) -> RunRow:

@@ -25,14 +25,13 @@ TOUCH_C = r"""
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
-/* touch MiB of memory, then burn SECONDS of CPU */
+/* touch MiB of memory, then burn CPU until the process has used SECONDS in all */
 int main(int argc, char **argv) {
     size_t n = (size_t)atol(argv[1]) << 20;
     double seconds = atof(argv[2]);
+    struct timespec t0 = {0, 0}, t;
     volatile char *p = malloc(n);
     for (size_t i = 0; i < n; i += 4096) p[i] = 1;
-    struct timespec t0, t;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t0);
     do { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t); }
     while ((t.tv_sec - t0.tv_sec) + (t.tv_nsec - t0.tv_nsec) / 1e9 < seconds);
     printf("done\n");
