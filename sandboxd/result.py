@@ -37,6 +37,7 @@ class Usage:
     launcher's ru_maxrss, which counts the launcher's own memory)."""
 
     wall_s: float = 0.0
+    cpu_total_s: float | None = None  # the counter the CPU-time limit is enforced on
     cpu_user_s: float | None = None
     cpu_sys_s: float | None = None
     memory_peak_bytes: int | None = None

@@ -217,7 +217,8 @@ class JobCgroupV2:
         usage = Usage()
         user, system, total = (now - then for now, then in zip(self.cpu_times(), self.baseline))
         usage.cpu_user_s, usage.cpu_sys_s, usage.cpu_total_s = max(user, 0.0), max(system, 0.0), total
-        usage.sources.update(cpu_user_s="cgroup2:cpu.stat", cpu_sys_s="cgroup2:cpu.stat")
+        usage.sources.update(cpu_user_s="cgroup2:cpu.stat", cpu_sys_s="cgroup2:cpu.stat",
+                             cpu_total_s="cgroup2:cpu.stat usage_usec")
         if os.path.exists(f"{self.path}/memory.peak"):
             usage.memory_peak_bytes = int(_read(f"{self.path}/memory.peak"))
             usage.sources["memory_peak_bytes"] = "cgroup2:memory.peak"
@@ -357,7 +358,7 @@ class JobCgroupV1:
             usage.cpu_user_s, usage.cpu_sys_s, usage.cpu_total_s = max(user, 0.0), max(system, 0.0), total
             source = ("cgroup1:cpuacct.usage_user/usage_sys" if os.path.exists(f"{acct}/cpuacct.usage_user")
                       else "cgroup1:cpuacct.stat")
-            usage.sources.update(cpu_user_s=source, cpu_sys_s=source)
+            usage.sources.update(cpu_user_s=source, cpu_sys_s=source, cpu_total_s="cgroup1:cpuacct.usage")
         memory = self.paths.get("memory")
         if memory:
             usage.memory_peak_bytes = int(_read(f"{memory}/memory.max_usage_in_bytes"))

@@ -125,7 +125,7 @@ def _usage(exited: dict[str, Any]) -> r.Usage:
     counted = exited.get("cgroup_usage") or {}
     rusage = exited.get("rusage") or {}
     sources = dict(usage.sources)
-    for key in ("cpu_user_s", "cpu_sys_s", "memory_peak_bytes", "pids_peak", "oom_kills"):
+    for key in ("cpu_total_s", "cpu_user_s", "cpu_sys_s", "memory_peak_bytes", "pids_peak", "oom_kills"):
         value = counted.get(key)
         if value is not None:
             setattr(usage, key, round(value, 6) if isinstance(value, float) else value)
