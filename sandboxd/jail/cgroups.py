@@ -247,11 +247,12 @@ class JobCgroupV2:
 class CgroupV2:
     version = "v2"
 
-    def __init__(self, root: str, base: str = DEFAULT_BASE) -> None:
+    def __init__(self, root: str, base: str = DEFAULT_BASE, *, delegated: bool = False) -> None:
         self.root = root
         self.base = f"{root}/{base}"
         self.instance = f"{self.base}/{instance_name()}"
         self.available = set(_read(f"{root}/cgroup.controllers").split())
+        self.delegated = delegated  # ``root`` is a subtree delegated to us, not the hierarchy's root
         self._prepared = False
 
     def _prepare(self, controllers: set[str]) -> None:
@@ -260,10 +261,28 @@ class CgroupV2:
             self._prepared = True
         enable = " ".join(f"+{c}" for c in sorted(controllers))
         if enable:
+            if self.delegated:
+                self._evacuate()
             # Each level must hand the controllers down to its children.
             for directory in (self.root, self.base):
                 _write(f"{directory}/cgroup.subtree_control", enable)
             _write(f"{self.instance}/cgroup.subtree_control", enable)
+
+    def _evacuate(self) -> None:
+        """A delegated cgroup that hands controllers down may hold no process itself (the
+        no-internal-process rule): move its processes (ours: the service, this spawner) into a
+        leaf of their own first."""
+        leaf = f"{self.root}/supervisor"
+        os.makedirs(leaf, exist_ok=True)
+        for _ in range(10):
+            pids = _read(f"{self.root}/cgroup.procs").split()
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    _write(f"{leaf}/cgroup.procs", pid)
+                except OSError:
+                    pass  # gone, or not ours to move
 
     def create(self, job_id: str, limits: CgroupLimits) -> JobCgroupV2:
         wanted = limits.controllers("v2")
@@ -461,12 +480,36 @@ def _sweep(bases: list[str]) -> list[str]:
 # --------------------------------------------------------------------------------- probing
 
 
+def _own_v2_cgroup(mounts: list[tuple[str, str, str]]) -> str | None:
+    """This process's cgroup directory in the cgroup2 hierarchy, if one is mounted."""
+    point = next((p for p, fstype, _ in mounts if fstype == "cgroup2"), None)
+    if point is None:
+        return None
+    try:
+        for line in _read("/proc/self/cgroup").splitlines():
+            if line.startswith("0::"):
+                return point + line[3:].rstrip("/") if line[3:] != "/" else point
+    except OSError:
+        return None
+    return None
+
+
 def detect(base: str = DEFAULT_BASE) -> CgroupV2 | CgroupV1 | None:
-    """The backend this host can give this process, v2 preferred; None when none can."""
+    """The backend this host can give this process, v2 preferred; None when none can.
+
+    As root: the cgroup2 hierarchy at /sys/fs/cgroup, else the v1 hierarchies. Unprivileged:
+    the cgroup this process is in, when it was delegated to us (systemd ``Delegate=yes``,
+    ``systemd-run --user --scope -p Delegate=yes``, or an operator's chown): we may then create
+    children there, and the controllers it offers are ours to use.
+    """
     mounts = _mountinfo()
     for point, fstype, _options in mounts:
-        if fstype == "cgroup2" and point == "/sys/fs/cgroup" and os.access(point, os.W_OK):
+        if fstype == "cgroup2" and point == "/sys/fs/cgroup" and os.geteuid() == 0 and os.access(point, os.W_OK):
             return CgroupV2(point, base)
+    if os.geteuid() != 0:
+        own = _own_v2_cgroup(mounts)
+        if own and os.access(own, os.W_OK) and os.access(f"{own}/cgroup.procs", os.W_OK):
+            return CgroupV2(own, base, delegated=True)
     v1 = {}
     for point, fstype, options in mounts:
         if fstype != "cgroup":

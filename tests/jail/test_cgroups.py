@@ -3,7 +3,9 @@ hierarchy as far as it allows (placement, cgroup.kill, cgroup.events, freeze, cp
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -190,3 +192,39 @@ def test_detect_prefers_v2_and_falls_back_to_v1() -> None:
         assert backend is not None and backend.version == "v1" and "memory" in backend.available
     else:
         assert backend is None
+
+
+@needs_root
+def test_rootless_uses_a_delegated_v2_subtree(rootless_sandbox: Runner, tmp_path: Path) -> None:
+    """An unprivileged sandboxd started inside a cgroup2 subtree delegated to its user (as
+    systemd's Delegate=yes does, here by chown on the hybrid's unified hierarchy) gives each job
+    a cgroup there: placement, accounting from cpu.stat, and the kill at the end."""
+    point = cgroups.unified_hierarchy()
+    if point is None or not shutil.which("setpriv"):
+        pytest.skip("needs a cgroup2 hierarchy and setpriv")
+    delegated = Path(point) / f"sandboxd-delegation-test-{os.getpid()}"
+    delegated.mkdir()
+    try:
+        for path in (delegated, delegated / "cgroup.procs", delegated / "cgroup.subtree_control",
+                     delegated / "cgroup.threads"):
+            os.chown(path, rootless_sandbox.uid, rootless_sandbox.gid)
+        result_dir = rootless_sandbox.make_dir("result-")
+        result = result_dir / "result.json"
+        command = (f"echo $$ > {delegated}/cgroup.procs && exec setpriv --reuid={rootless_sandbox.uid} "
+                   f"--regid={rootless_sandbox.gid} --clear-groups {rootless_sandbox.python} -m sandboxd run "
+                   f"--result {result} -- /bin/sh -c 'cat /proc/self/cgroup'")
+        proc = subprocess.run(["/bin/sh", "-c", command], env=rootless_sandbox.env, capture_output=True,
+                              text=True, timeout=60, cwd="/")
+        assert proc.returncode == 0, proc.stderr
+        data = json.loads(result.read_text())
+        assert data["layers"]["cgroup"]["enabled"] is True and data["layers"]["cgroup"]["version"] == "v2"
+        assert data["usage"]["sources"]["cpu_total_s"] == "cgroup2:cpu.stat usage_usec"
+        assert "0::/\n" in proc.stdout  # the job's cgroup namespace hides where it is
+        # The job's cgroup was made under the delegated subtree, and is gone again.
+        assert (delegated / "sandboxd").is_dir()
+        assert [p for p in delegated.rglob("spawner-*") if p.is_dir()] == []
+    finally:
+        for leftover in sorted(delegated.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if leftover.is_dir():
+                leftover.rmdir()
+        delegated.rmdir()
