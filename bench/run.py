@@ -1132,7 +1132,8 @@ interleaved so that it fell on all of them alike; compare within this run, not a
     text += f"\nPhase timings: `{json.dumps({k: round(v, 2) for k, v in bench.timings.items()})}`\n"
     if bench.notes:
         text += "\nNotes:\n\n" + "".join(f"- {note}\n" for note in bench.notes)
-    path.write_text(text)
+    # Paths of this machine mean nothing elsewhere: name the checkout "." instead.
+    path.write_text(text.replace(str(BENCH.parent) + "/", "./"))
 
 
 def main(argv: list[str] | None = None) -> int:
