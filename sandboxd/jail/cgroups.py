@@ -199,6 +199,7 @@ class JobCgroupV2:
                 pass
 
     def place(self, pid: int) -> None:
+        # Before the child is released: everything it ever starts is counted and limited here.
         _write(f"{self.path}/cgroup.procs", str(pid))
 
     def cpu_usage_s(self) -> float:
@@ -363,6 +364,7 @@ class JobCgroupV1:
         return self.cpu_usage_s() - self.cpu_baseline_s
 
     def place(self, pid: int) -> None:
+        # Before the child is released: everything it ever starts is counted and limited here.
         for path in self.paths.values():
             _write(f"{path}/cgroup.procs", str(pid))
 

@@ -94,11 +94,13 @@ def _open_source(path: str, writable: bool, detached: bool) -> Source:
     try:
         if not detached:
             return Source(os.open(path, os.O_PATH | os.O_CLOEXEC))
+        # Root, in the host's mount namespace, before clone: a detached copy the child can attach.
         tree = sc.open_tree(path, sc.OPEN_TREE_CLONE | sc.AT_RECURSIVE | os.O_CLOEXEC)
     except FileNotFoundError:
         return Source(-1)
     try:
         attrs = _BIND_ATTRS if writable else _BIND_ATTRS | sc.MOUNT_ATTR_RDONLY
+        # Read-only/nosuid/nodev set on the detached copy, so it is never writable inside.
         sc.mount_setattr_fd(tree, attrs)
     except OSError:
         os.close(tree)
@@ -117,10 +119,12 @@ def _bind(source: Source, target: str, writable: bool, what: str) -> None:
     _make_mountpoint(target, is_dir)
     if source.detached:
         try:
+            # In our own mount namespace (CAP_SYS_ADMIN over it): attach the spawner's copy.
             sc.move_mount_fd(source.fd, target)
         except OSError as exc:
             raise failed(what, exc) from None
         return
+    # Rootless: bind from the fd opened before the base tmpfs hid the host's path.
     _mount(f"/proc/self/fd/{source.fd}", target, None, sc.MS_BIND | sc.MS_REC, None, what)
     attrs = _BIND_ATTRS if writable else _BIND_ATTRS | sc.MOUNT_ATTR_RDONLY
     # mount_setattr changes only the bits named, so the source's locked flags (noexec…) stay.
@@ -138,6 +142,7 @@ def inode_limit(size: int) -> int:
 def _tmpfs(target: str, size: int, mode: str, what: str, flags: int = 0) -> None:
     os.makedirs(target, mode=0o755, exist_ok=True)
     size = max(size, 4096)
+    # A fresh tmpfs in our mount namespace: sized and inode-capped, nothing shared with the host.
     _mount("tmpfs", target, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | flags,
            f"mode={mode},size={size},nr_inodes={inode_limit(size)}", what)
 
@@ -161,13 +166,14 @@ def _mount_proc(root: str) -> None:
     # Why here: a proc mount shows the PID namespace of its mounter, and we are its PID 1; the
     # kernel only allows it while the host's full /proc is still reachable (before the old
     # root is detached).
-    _mount("proc", target, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, None, "mount /proc")
+    _mount("proc", target, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, None, "mount /proc")  # our PID ns
 
 
 def _mask_proc() -> None:
     for name in PROC_HIDDEN_FILES:
         path = f"/proc/{name}"
         if os.path.exists(path):
+            # Hide a kernel interface the job has no business reading (as container runtimes do).
             _mount("/dev/null", path, None, sc.MS_BIND, None, f"mask {path}")
     for name in PROC_HIDDEN_DIRS:
         path = f"/proc/{name}"
@@ -177,6 +183,7 @@ def _mask_proc() -> None:
     for name in PROC_READ_ONLY:
         path = f"/proc/{name}"
         if os.path.exists(path):
+            # A bind onto itself, so the kernel's tunables can be made read-only for the job.
             _mount(path, path, None, sc.MS_BIND | sc.MS_REC, None, f"bind {path}")
             _setattr(path, sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
                      | sc.MOUNT_ATTR_NOEXEC, True, f"make {path} read-only")
@@ -243,6 +250,7 @@ def build_root(template: JailTemplate, sources: dict[str, Source] | None, workdi
         raise failed("pivot_root into the new root", exc) from None
     os.chdir("/")
     _mask_proc()
+    # Last, once everything is mounted on them: nothing can be created in / or /dev by the job.
     _setattr("/dev", sc.MOUNT_ATTR_RDONLY, False, "make /dev read-only")
     _setattr("/", sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV, False,
              "make the root read-only")
@@ -257,6 +265,7 @@ def attach_work(template: JailTemplate, tree: int, bound_early: bool, workdir: s
     """
     if tree >= 0:
         try:
+            # Still holding CAP_SYS_ADMIN over our mount namespace: attach the job's work dir.
             sc.move_mount_fd(tree, template.work_path)
         except OSError as exc:
             raise failed(f"attach {workdir} on {template.work_path}", exc) from None

@@ -387,6 +387,8 @@ def prepare(template: JailTemplate, ids: userns.IdAllocator, *, early_workdir: s
     job_ours, job_theirs = (s.detach() for s in socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET))
     created = time.monotonic()
     try:
+        # All the namespaces at once, from this single-threaded process (CLONE_NEWUSER refuses a
+        # threaded caller); the child waits on sync_r until its ids and cgroup are set.
         pid, pidfd = sc.clone_process(NAMESPACE_FLAGS)
     except OSError as exc:
         for fd in (sync_r, sync_w, report_r, report_w, status_r, status_w, job_ours, job_theirs):
