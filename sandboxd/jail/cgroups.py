@@ -123,6 +123,16 @@ def _instance_alive(name: str) -> bool:
     return _starttime(int(parts[1])) == parts[2]
 
 
+def _procs(directory: str) -> bool:
+    """Whether any process is still in the cgroup (True when unsure)."""
+    try:
+        return bool(_read(f"{directory}/cgroup.procs").strip())
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+
+
 def _kill_pids(procs_file: str) -> None:
     for _ in range(50):
         try:
@@ -241,7 +251,8 @@ class JobCgroupV2:
             _kill_pids(f"{self.path}/cgroup.procs")
 
     def remove(self) -> None:
-        self.kill_all()
+        if _procs(self.path):
+            self.kill_all()  # stragglers (after a normal end the PID namespace took them all)
         _rmdir(self.path)
 
 
@@ -409,7 +420,10 @@ class JobCgroupV1:
             _write(f"{freezer}/freezer.state", "THAWED")
 
     def remove(self) -> None:
-        self.kill_all()
+        if not self.paths:
+            return
+        if _procs(next(iter(self.paths.values()))):
+            self.kill_all()  # stragglers (after a normal end the PID namespace took them all)
         for path in self.paths.values():
             _rmdir(path)
 
