@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,10 +91,6 @@ class RunningJob:
 
 def limit_value(job: RunningJob) -> Any:
     return {"cpu_time": job.limits.cpu_time, "wall_time": job.limits.wall_time}.get(job.killed_for or "")
-
-
-def now() -> float:
-    return time.monotonic()
 
 
 def cgroup_for(backend: Any, job_id: str, limits: JobLimits, mode: str) -> tuple[Any, dict[str, Any]]:

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.escape.conftest import (POLICIES, Canaries, assert_killed_by_seccomp, job, make_workdir,
-                                   traces)
+from tests.escape.conftest import (POLICIES, Canaries, assert_killed_by_seccomp, job, traces)
 from tests.sandboxes import Runner
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.escape.conftest import (POLICIES, assert_killed_by_seccomp, host_processes_with, host_sleeper, job,
-                                   make_workdir, traces, wait_until_gone)
+                                   make_workdir, wait_until_gone)
 from tests.sandboxes import Runner
 
 PY = "/usr/bin/python3"

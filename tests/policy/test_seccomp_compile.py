@@ -18,7 +18,6 @@ from sandboxd.policy.seccomp_profile import find_profile, load_profile, parse_pr
 
 from tests.real_inputs import REAL_SECCOMP as REAL
 from tests.real_inputs import REAL_SECCOMP_FILES as REAL_FILES
-from tests.real_inputs import REPO
 from tests.real_inputs import needs_real_seccomp as needs_real
 x86_64_only = pytest.mark.skipif(__import__("os").uname().machine != "x86_64", reason="x86_64 syscall numbers")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sandboxd.client import ApiError, SandboxClient
-from tests.service.conftest import REPO, cli_token, descendants, free_port, job_cgroups, job_processes, wait_until
+from tests.service.conftest import REPO, cli_token, descendants, free_port, job_cgroups, wait_until
 
 FINAL = {"finished", "failed", "cancelled"}
 
