@@ -85,8 +85,17 @@ async def errors_middleware(request: web.Request, handler):
     started = time.monotonic()
     services: Services = request.app[SERVICES]
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    # Every call is bounded in time except the two that are long by design: a run that waits
+    # for its result (bounded by max_wait_s) and an event stream.
+    bounded = not (route == "/v1/runs/{id}/events" or (route == "/v1/runs" and request.method == "POST"))
     try:
-        response = await handler(request)
+        if bounded:
+            response = await asyncio.wait_for(handler(request), services.config.request_timeout_s)
+        else:
+            response = await handler(request)
+    except asyncio.TimeoutError:
+        response = error_response(504, "timeout",
+                                  f"the request took longer than {services.config.request_timeout_s} s")
     except ApiError as exc:
         response = error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
     except web.HTTPRequestEntityTooLarge:

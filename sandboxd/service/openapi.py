@@ -32,7 +32,8 @@ def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "malformed JSON", 401: "missing or invalid token", 403: "policy not allowed for this token",
             404: "no such run", 413: "request body too large", 415: "not application/json",
             422: "invalid request; error.field names the field",
-            429: "rate limited or queue full; see Retry-After", 503: "shutting down; see Retry-After"}
+            429: "rate limited or queue full; see Retry-After", 503: "shutting down; see Retry-After",
+            504: "the call took longer than request_timeout_s"}
     responses = {str(code): _json(schemas.ErrorModel, text[code]) for code in codes}
     for code in ("429", "503"):
         if code in responses:
@@ -77,12 +78,13 @@ def openapi_document() -> dict[str, Any]:
             "/v1/runs/{id}": {
                 "get": {"summary": "A run's state and result", "operationId": "getRun", "security": SECURED,
                         "parameters": [RUN_ID],
-                        "responses": {"200": _json(schemas.RunStatusModel, "the run"), **_errors(404, *auth_errors)}},
+                        "responses": {"200": _json(schemas.RunStatusModel, "the run"),
+                                      **_errors(404, *auth_errors, 504)}},
                 "delete": {"summary": "Cancel a run (kills its job)", "operationId": "cancelRun",
                            "security": SECURED, "parameters": [RUN_ID],
                            "responses": {"200": _json(ACCEPTED, "the run's final state"),
                                          "202": _json(ACCEPTED, "cancellation under way"),
-                                         **_errors(404, *auth_errors)}}},
+                                         **_errors(404, *auth_errors, 504)}}},
             "/v1/runs/{id}/events": {"get": {
                 "summary": "Server-Sent Events: queued, started, stdout, stderr, finished",
                 "operationId": "runEvents", "security": SECURED, "parameters": [RUN_ID],
@@ -91,7 +93,7 @@ def openapi_document() -> dict[str, Any]:
                               **_errors(404, *auth_errors)}}},
             "/v1/policies": {"get": {
                 "summary": "The policies this token may use", "operationId": "listPolicies", "security": SECURED,
-                "responses": {"200": _json(schemas.PoliciesModel, "policies"), **_errors(*auth_errors)}}},
+                "responses": {"200": _json(schemas.PoliciesModel, "policies"), **_errors(*auth_errors, 504)}}},
             "/v1/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",
                                          "responses": {"200": {"description": "OpenAPI 3.1",
                                                                "content": {"application/json": {"schema": {"type": "object"}}}}}}},
