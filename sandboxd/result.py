@@ -1,4 +1,4 @@
-"""The result of one job: one schema for ``sandboxd run --result`` and (later) the HTTP API.
+"""The result of one job: one schema for ``sandboxd run --result`` and the HTTP API.
 
 The verdicts and their precedence are decided in ``sandboxd.supervise.verdict`` and
 documented in docs/results.md.
