@@ -225,12 +225,19 @@ async def post_run(request: web.Request) -> web.Response:
                              status=200 if status in FINAL else 202)
 
 
-async def get_run(request: web.Request) -> web.Response:
+async def visible_run(request: web.Request):
+    """The run named in the path, if the caller's tenant may see it (admin sees all); 404
+    otherwise — another tenant's run does not exist for the caller."""
     services: Services = request.app[SERVICES]
     record = authenticate(request)
     row = await services.store.get(request.match_info["id"])
     if row is None or (row.tenant != record.tenant and not record.admin):
         raise ApiError(404, "not_found", "no such run")
+    return services, row
+
+
+async def get_run(request: web.Request) -> web.Response:
+    _services, row = await visible_run(request)
     body: dict[str, Any] = {"id": row.id, "status": row.status, "tenant": row.tenant, "policy": row.policy,
                             "created_at": row.created_at, "started_at": row.started_at,
                             "finished_at": row.finished_at, "reason": row.reason, "result": row.result}
@@ -238,12 +245,8 @@ async def get_run(request: web.Request) -> web.Response:
 
 
 async def delete_run(request: web.Request) -> web.Response:
-    services: Services = request.app[SERVICES]
-    record = authenticate(request)
-    run_id = request.match_info["id"]
-    row = await services.store.get(run_id)
-    if row is None or (row.tenant != record.tenant and not record.admin):
-        raise ApiError(404, "not_found", "no such run")
+    services, row = await visible_run(request)
+    run_id = row.id
     if row.status in FINAL:
         return web.json_response({"id": run_id, "status": row.status})
     services.runs.cancel(run_id, "cancelled by request")
@@ -253,12 +256,8 @@ async def delete_run(request: web.Request) -> web.Response:
 
 
 async def run_events(request: web.Request) -> web.StreamResponse:
-    services: Services = request.app[SERVICES]
-    record = authenticate(request)
-    run_id = request.match_info["id"]
-    row = await services.store.get(run_id)
-    if row is None or (row.tenant != record.tenant and not record.admin):
-        raise ApiError(404, "not_found", "no such run")
+    services, row = await visible_run(request)
+    run_id = row.id
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     events = services.hub.get(run_id)
