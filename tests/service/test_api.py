@@ -259,9 +259,10 @@ async def test_429_rate_limited_and_queue_full(service):
 
 async def test_queue_full_over_all_tenants(service):
     svc = await service(slots=1, max_queued_total=2)
+    tokens = [svc.token(f"t{i}") for i in range(4)]  # all known to the service before the first post
     async with aiohttp.ClientSession() as session:
-        answers = [await post_run(session, svc.url, svc.token(f"t{i}"), {"argv": ["sleep", "30"], "wait": False})
-                   for i in range(4)]
+        answers = [await post_run(session, svc.url, token, {"argv": ["sleep", "30"], "wait": False})
+                   for token in tokens]
         # one running, two queued, the fourth refused
         assert [a[0] for a in answers] == [202, 202, 202, 429]
         assert error_of(answers[3][1])[0] == "queue_full" and "Retry-After" in answers[3][2]
