@@ -128,3 +128,18 @@ def rootless_runner() -> Runner | str:
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": str(tree),
            "PYTHONDONTWRITEBYTECODE": "1", "HOME": str(scratch)}
     return Runner("rootless", ROOTLESS_PYTHON, env, uid=user.pw_uid, gid=user.pw_gid, scratch=scratch)
+
+
+def host_processes_with(marker: str) -> list[int]:
+    """Host pids whose command line contains ``marker`` (a job's unique argv)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmdline:
+            found.append(int(entry))
+    return found

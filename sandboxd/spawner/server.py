@@ -311,10 +311,10 @@ class Spawner:
             pool = self.pools.get(entry.digest)
             if pool is not None and entry in pool.warm:
                 pool.warm.remove(entry)
-            self._teardown(entry, None)
+            self._teardown(entry)
             return
         if job is None:
-            self._teardown(entry, None)
+            self._teardown(entry)
             return
         wall = time.monotonic() - job.started
         program = spine.program_exit(sandbox.status_fd) or {}
@@ -349,9 +349,9 @@ class Spawner:
                        "nvcsw": rusage.ru_nvcsw, "nivcsw": rusage.ru_nivcsw},
         })
         # Teardown after the answer: the caller does not wait for the cgroup's removal.
-        self._teardown(entry, job)
+        self._teardown(entry)
 
-    def _teardown(self, entry: Entry, job: RunningJob | None) -> None:
+    def _teardown(self, entry: Entry) -> None:
         if entry.cgroup is not None:
             try:
                 entry.cgroup.remove()
@@ -423,13 +423,7 @@ class Spawner:
                 os.waitpid(entry.sandbox.pid, 0)
             except ChildProcessError:
                 pass
-            if entry.cgroup is not None:
-                try:
-                    entry.cgroup.remove()
-                except OSError:
-                    pass
-            entry.sandbox.lease.release()
-            spine.close_fds(entry.sandbox)
+            self._teardown(entry)
         self.by_fd.clear()
         if self.cgroups is not None:
             self.cgroups.close()

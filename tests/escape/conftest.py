@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sandboxes import REPO, Runner
+from tests.sandboxes import REPO, Runner, host_processes_with  # noqa: F401 - re-exported to the cases
 
 HERE = Path(__file__).resolve().parent
 HOSTILE_SOURCES = HERE / "hostile"
@@ -176,18 +176,6 @@ def write_policy(runner: Runner, name: str, text: str) -> Path:
 
 # --------------------------------------------------------------------------- host processes
 
-def host_processes_with(marker: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker.encode() in cmdline:
-            found.append(int(entry))
-    return found
 
 
 def wait_until_gone(marker: str, timeout: float = 5.0) -> list[int]:

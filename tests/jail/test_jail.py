@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sandboxes import Runner
+from tests.sandboxes import Runner, host_processes_with
 
 PY = "/usr/bin/python3"
 
@@ -181,29 +181,15 @@ def test_environment_is_exactly_the_policys_and_the_requests(sandbox: Runner) ->
     assert "canary-4711" not in outcome.stdout
 
 
-def _host_processes_with(marker: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker.encode() in cmdline:
-            found.append(int(entry))
-    return found
-
-
 def test_double_forked_setsid_daemon_does_not_survive(sandbox: Runner) -> None:
     marker = f"{time.time_ns() % 10_000_000}.5"
     outcome = run_ok(sandbox, "--", "/bin/sh", "-c",
                      f"setsid /bin/sh -c 'sleep {marker} &' </dev/null >/dev/null 2>&1 & sleep 0.3")
     assert outcome.result["verdict"] == "OK"
     deadline = time.monotonic() + 5
-    while _host_processes_with(f"sleep\0{marker}") and time.monotonic() < deadline:
+    while host_processes_with(f"sleep\0{marker}") and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _host_processes_with(f"sleep\0{marker}") == []
+    assert host_processes_with(f"sleep\0{marker}") == []
 
 
 def test_exit_status_and_signals(sandbox: Runner) -> None:
