@@ -777,6 +777,21 @@ def check_no_new_privs() -> Check:
 
 
 # --------------------------------------------------------------------------- driver
+def check_stage_runner() -> Check:
+    """The compiled stage runner: built and current, or the (slower) Python stages run."""
+    from sandboxd import native
+
+    name = "stage runner"
+    choice = native.choose()
+    if choice.kind == "native":
+        return Check(name, "ok", f"compiled runner {choice.path}", "", False)
+    if choice.kind == "python":
+        return Check(name, "degraded", f"Python stages ({choice.reason})",
+                     "Build the compiled runner: `make native` (needs a C compiler).", False)
+    return Check(name, "missing", choice.reason, "Build it with `make native`, or unset SANDBOXD_STAGE_RUNNER.",
+                 True)
+
+
 _CHECKS: list[tuple[str, bool, Callable[[], Check]]] = [
     ("user namespaces", True, check_user_namespaces),
     ("other namespaces", True, check_namespaces),
@@ -788,6 +803,7 @@ _CHECKS: list[tuple[str, bool, Callable[[], Check]]] = [
     ("close_range", True, check_close_range),
     ("mount_setattr", True, check_mount_setattr),
     ("no_new_privs", False, check_no_new_privs),
+    ("stage runner", False, check_stage_runner),
 ]
 
 

@@ -26,7 +26,7 @@ def checks() -> dict[str, Check]:
 def test_every_layer_reported(checks):
     assert set(checks) == {
         "user namespaces", "other namespaces", "cgroups", "landlock", "seccomp", "pidfd",
-        "clone3", "close_range", "mount_setattr", "no_new_privs",
+        "clone3", "close_range", "mount_setattr", "no_new_privs", "stage runner",
     }
     for c in checks.values():
         assert c.status in ("ok", "missing", "degraded", "unknown")
@@ -274,3 +274,15 @@ def test_fake_cgroup_v2_without_delegation(tmp_path, monkeypatch):
     assert "subtree_control=memory,pids" in c.detail
     assert "systemd-run --user --scope -p Delegate=yes" in c.fix
     assert "cgroup.subtree_control" in c.fix  # cpu is not enabled for the subtree
+
+
+def test_stage_runner_check_follows_the_setting(monkeypatch):
+    from sandboxd import doctor
+
+    monkeypatch.setenv("SANDBOXD_STAGE_RUNNER", "python")
+    assert doctor.check_stage_runner().status == "degraded"
+    monkeypatch.setenv("SANDBOXD_STAGE_RUNNER", "bogus")
+    refused = doctor.check_stage_runner()
+    assert refused.status == "missing" and "bogus" in refused.detail
+    monkeypatch.setenv("SANDBOXD_STAGE_RUNNER", "native")
+    assert doctor.check_stage_runner().status == "ok"  # `make test` builds it first

@@ -22,8 +22,8 @@ from sandboxd.jail.plan import JailTemplate
 
 BASE = "/tmp"
 _BIND_ATTRS = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
-_DEVICES = ("null", "zero", "full", "random", "urandom")
-_DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+DEVICES = ("null", "zero", "full", "random", "urandom")
+DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
               ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))
 # Masked as container runtimes mask them: files hidden behind /dev/null, directories behind an
 # empty read-only tmpfs, and the kernel's tunables read-only.
@@ -150,12 +150,12 @@ def _tmpfs(target: str, size: int, mode: str, what: str, flags: int = 0) -> None
 def _build_dev(root: str, shm_size: int) -> None:
     dev = root + "/dev"
     _tmpfs(dev, 1 << 16, "0755", "mount tmpfs on /dev", sc.MS_NOEXEC)
-    for name in _DEVICES:
+    for name in DEVICES:
         target = f"{dev}/{name}"
         _make_mountpoint(target, False)
         # Device nodes cannot be created in a user namespace; bind the host's harmless ones.
         _mount(f"/dev/{name}", target, None, sc.MS_BIND, None, f"bind /dev/{name}")
-    for name, link in _DEV_LINKS:
+    for name, link in DEV_LINKS:
         os.symlink(link, f"{dev}/{name}")
     _tmpfs(f"{dev}/shm", shm_size, "1777", "mount tmpfs on /dev/shm")
 

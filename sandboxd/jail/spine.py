@@ -4,6 +4,12 @@ A sandbox is built in two phases, so that the first can run before any job exist
 spawner keeps a small pool of them) and only the second is on a job's critical path. Each
 sandbox serves exactly one job and is destroyed after it.
 
+Which code runs the stages is the spawner's choice (``sandboxd.native``): the compiled runner
+(``sandboxd/native/stage.c``: ``prepare_native`` posix_spawns a helper that clones the sandbox
+as the spawner's child, so the spawner's memory is never copied) or the Python stages below
+(``prepare``: a clone of the spawner). Both run the same stages in the same order and report
+the same facts; the result's ``layers.runner`` says which ran.
+
 Parent (the spawner, single-threaded):
     ``prepare``: clone into new user, PID, mount, network, IPC and UTS namespaces
         → write setgroups=deny, gid_map, uid_map → place the child in its cgroup → release it.
@@ -12,7 +18,7 @@ Parent (the spawner, single-threaded):
 
 Child, PID 1 of its namespaces — ``PREPARE_STAGES``:
     identity → cgroup namespace → mounts and pivot_root (all but the work directory)
-    → hostname → network → session → fork:
+    → hostname → network → session → [native: Landlock ruleset] → fork:
         PID 1 stays as the job's init: ``INIT_STAGES`` (capabilities, no_new_privs + death
             signal), then reaps until the program ends (``sandboxd.jail.init``);
         PID 2, the program-to-be, reports "warm" and waits for its job.
@@ -133,7 +139,6 @@ PREPARE_STAGES: tuple[tuple[str, Callable[[ChildContext], None]], ...] = (
     ("hostname", lambda ctx: identity.set_hostname(ctx.template.hostname)),
     ("network", lambda ctx: net.configure(ctx.template.network)),
     ("session", lambda ctx: identity.new_session()),
-    ("init", _fork_init),
 )
 
 
@@ -202,8 +207,8 @@ def _work(ctx: ChildContext) -> None:
                                              ctx.job.workdir if ctx.job else None)
 
 
-def _rlimits(ctx: ChildContext) -> None:
-    limits = ctx.limits
+def job_rlimits(template: JailTemplate, limits: JobLimits) -> tuple[Rlimit, ...]:
+    """The policy's rlimits and the job's backstops, in the order they are set."""
     extra: tuple[Rlimit, ...] = ()
     if limits.cpu_time is not None:
         # A per-process backstop only: the spawner enforces the job-wide CPU limit from the
@@ -212,7 +217,11 @@ def _rlimits(ctx: ChildContext) -> None:
         extra = (Rlimit("cpu", seconds, seconds + 1),)
     if limits.fsize is not None:
         extra += (Rlimit("fsize", limits.fsize, limits.fsize),)
-    ctx.applied["rlimits"] = rlimits.apply(ctx.template.rlimits + extra)
+    return template.rlimits + extra
+
+
+def _rlimits(ctx: ChildContext) -> None:
+    ctx.applied["rlimits"] = rlimits.apply(job_rlimits(ctx.template, ctx.limits))
 
 
 def _default_signals(ctx: ChildContext) -> None:
@@ -254,6 +263,9 @@ def _seccomp(ctx: ChildContext) -> None:
     ctx.applied["seccomp"] = {"enforced": True, "mode": plan.mode, "profile": plan.profile,
                               "profile_hash": plan.profile_hash, "kills_named": plan.listener,
                               "errno_denials_observable": False}
+
+
+RUNNER_NAME = "sandboxd-init"
 
 
 # The program-to-be readies what does not depend on the job while it waits for one.
@@ -323,12 +335,14 @@ def run_sandbox(ctx: ChildContext) -> NoReturn:
     gc.disable()  # short-lived: a collection would only write to (and copy) shared pages
     try:
         prepared = _run_stages(ctx, PREPARE_STAGES, ctx.report_fd)
+        prepared.update(_run_stages(ctx, (("init", _fork_init),), ctx.report_fd))
         # From here on we are PID 2, the program-to-be (PID 1 went on as the init).
         prepared.update(_run_stages(ctx, WAIT_STAGES, ctx.report_fd))
         report.write_frame(ctx.report_fd, "warm", {})
         _run_stages(ctx, (("receive job", _receive_job),), ctx.report_fd)
         timings = _run_stages(ctx, JOB_STAGES, ctx.report_fd)
         ctx.applied["stage_ms"] = {"prepare": prepared, "job": timings}
+        ctx.applied["runner"] = "python"
         job = ctx.job
         assert job is not None
         report.write_frame(ctx.report_fd, "ready", {
@@ -366,9 +380,14 @@ class Sandbox:
     created: float
     rootless: bool
     early_workdir: str | None = None
+    native: bool = False  # the compiled runner takes over after the session stage
     state: str = "preparing"  # preparing → warm → starting → running
     buffer: bytes = b""
     frames: list[dict[str, Any]] = field(default_factory=list)
+    prepared: dict[str, Any] = field(default_factory=dict)  # the native path's "prepared" frame
+    job: JobSpec | None = None
+    helper_pid: int = -1  # natively built: the short-lived helper that clones the sandbox
+    place_in_cgroup: Callable[[int], None] | None = None
 
 
 def prepare(template: JailTemplate, ids: userns.IdAllocator, *, early_workdir: str | None = None,
@@ -397,8 +416,11 @@ def prepare(template: JailTemplate, ids: userns.IdAllocator, *, early_workdir: s
         lease.release()
         raise SetupFailure(f"clone into new namespaces: {exc.strerror}", exc.errno or 0) from None
     if pid == 0:
-        for fd in (sync_w, report_r, status_r, job_ours):
-            os.close(fd)
+        # The clone copied every fd the spawner held — other jobs' stdio among them, which
+        # this sandbox would keep open (and their readers waiting for EOF): keep only ours.
+        keep = {sync_r, report_w, status_w, job_theirs}
+        keep.update(source.fd for source in (sources or {}).values())
+        _close_all_but(keep)
         run_sandbox(ChildContext(template, sync_r, report_w, status_w, job_theirs, sources, early_workdir))
     for fd in (sync_r, report_w, status_w, job_theirs):
         os.close(fd)
@@ -415,6 +437,157 @@ def prepare(template: JailTemplate, ids: userns.IdAllocator, *, early_workdir: s
         raise SetupFailure(f"set up the sandbox's ids and cgroup: {exc.strerror}", exc.errno or 0) from None
     os.set_blocking(report_r, False)
     return sandbox
+
+
+def _hex(text: str) -> str:
+    return os.fsencode(text).hex()
+
+
+def native_config(template: JailTemplate, *, job_fd: int, report_fd: int, status_fd: int, sync_fd: int,
+                  bpf_fd: int, sources: dict[str, mounts.Source] | None, early_workdir: str | None) -> bytes:
+    """The compiled runner's configuration: ``key=value`` lines, paths in hex (stage.c)."""
+    plan = template.seccomp
+    ll = landlock.LandlockPlan.from_dict(template.landlock) if template.landlock is not None else None
+    later = 0
+    if ll is not None:
+        for rule in ll.fs_rules:
+            if rule.path == template.work_path:
+                later |= rule.access & ll.handled_fs
+    lines: list[tuple[str, Any]] = [
+        ("build", 1), ("clone_flags", NAMESPACE_FLAGS),
+        ("job_fd", job_fd), ("report_fd", report_fd), ("status_fd", status_fd), ("sync_fd", sync_fd),
+        ("bpf_fd", bpf_fd), ("rootless", int(sources is None)),
+        ("hostname", _hex(template.hostname)), ("loopback", int(template.network == "loopback")),
+        ("tmp_size", template.tmp_size), ("shm_size", template.shm_size),
+        ("work_path", _hex(template.work_path)), ("work_size", template.work_size),
+        ("early_work", int(early_workdir is not None)),
+        ("later_access", later), ("later_file_access", later & landlock.ACCESS_FILE),
+        ("seccomp", int(plan is not None)), ("listener", int(bool(plan and plan.listener))),
+        ("default_notifies", int(bool(plan and plan.default_notifies))),
+        ("native_arch", init.NATIVE_AUDIT_ARCH),
+        ("kill_nrs", ",".join(map(str, plan.kill_nrs)) if plan else ""),
+        ("notify_nrs", ",".join(map(str, plan.notify_nrs)) if plan else ""),
+    ]
+    if early_workdir is not None:
+        lines.append(("early_workdir", _hex(early_workdir)))
+    kinds = {"bind": "b", "tmpfs": "t", "symlink": "s"}
+    for op in template.mounts:
+        if op.kind not in kinds:
+            raise SetupFailure(f"unknown mount kind {op.kind!r}")
+        fd = sources[op.dest].fd if (sources is not None and op.kind == "bind") else -1
+        lines.append(("mount", f"{kinds[op.kind]},{_hex(op.dest)},{_hex(op.source)},{int(op.writable)},"
+                               f"{int(op.optional)},{op.size},{fd}"))
+    lines += [("mask", f"f:{name}") for name in mounts.PROC_HIDDEN_FILES]
+    lines += [("mask", f"d:{name}") for name in mounts.PROC_HIDDEN_DIRS]
+    lines += [("mask", f"r:{name}") for name in mounts.PROC_READ_ONLY]
+    lines += [("device", name) for name in mounts.DEVICES]
+    lines += [("devlink", f"{name}={target}") for name, target in mounts.DEV_LINKS]
+    lines += [("sized", _hex(path)) for path in template.sized_tmpfs + (template.work_path,)]
+    if ll is not None:
+        lines += [("ll", 1), ("ll_enforced", int(ll.enforced)), ("ll_handled_fs", ll.handled_fs),
+                  ("ll_handled_net", ll.handled_net), ("ll_scoped", ll.scoped),
+                  ("ll_file_mask", landlock.ACCESS_FILE), ("restrict_flags", ll.restrict_flags)]
+        lines += [("llfs", f"{rule.access},{_hex(rule.path)}") for rule in ll.fs_rules]
+        lines += [("llnet", f"{rule.access},{rule.port}") for rule in ll.net_rules]
+    return "".join(f"{key}={value}\n" for key, value in lines).encode()
+
+
+_ALL_SIGNALS = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
+
+
+def prepare_native(template: JailTemplate, ids: userns.IdAllocator, runner: str, *,
+                   early_workdir: str | None = None,
+                   place_in_cgroup: Callable[[int], None] | None = None) -> Sandbox:
+    """Start a natively built sandbox: the compiled runner, spawned without copying the
+    spawner's memory, clones it as our child and says its pid (``adopt`` takes it from there)."""
+    lease = ids.lease()
+    sources = None
+    ours: list[int] = []
+    theirs: list[int] = []
+    try:
+        # As root, the spawner resolves bind sources with the operator's rights.
+        sources = None if ids.rootless else mounts.open_sources(template, None, detached=True)
+        sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        ours, theirs = [sync_w, report_r, status_r], [sync_r, report_w, status_w]
+        job_ours, job_theirs = (s.detach() for s in socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET))
+        ours.append(job_ours)
+        theirs.append(job_theirs)
+        bpf_fd = -1
+        if template.seccomp is not None:
+            bpf_fd = os.memfd_create("seccomp", os.MFD_CLOEXEC)
+            theirs.append(bpf_fd)
+            os.write(bpf_fd, template.seccomp.bpf)
+        config_fd = os.memfd_create("stage-config", os.MFD_CLOEXEC)
+        theirs.append(config_fd)
+        os.write(config_fd, native_config(template, job_fd=job_theirs, report_fd=report_w, status_fd=status_w,
+                                          sync_fd=sync_r, bpf_fd=bpf_fd, sources=sources,
+                                          early_workdir=early_workdir))
+        passed = theirs + [source.fd for source in (sources or {}).values() if source.fd >= 0]
+        for fd in passed:
+            os.set_inheritable(fd, True)
+        created = time.monotonic()
+        # posix_spawn (vfork + exec): the spawner's memory is not copied; only the fds made
+        # inheritable just above cross, and they are closed here right after.
+        helper = os.posix_spawn(runner, [RUNNER_NAME, str(config_fd)], {}, setsigdef=_ALL_SIGNALS, setsigmask=())
+    except BaseException as exc:
+        for fd in ours + theirs:
+            os.close(fd)
+        mounts.close_sources(sources or {})
+        lease.release()
+        if isinstance(exc, OSError):
+            raise SetupFailure(f"start the stage runner: {exc.strerror}", exc.errno or 0) from None
+        raise
+    for fd in theirs:
+        os.close(fd)
+    mounts.close_sources(sources or {})
+    os.set_blocking(report_r, False)
+    return Sandbox(template, -1, -1, lease, report_r, status_r, socket.socket(fileno=job_ours), sync_w, created,
+                   ids.rootless, early_workdir, native=True, state="spawning", helper_pid=helper,
+                   place_in_cgroup=place_in_cgroup)
+
+
+def adopt(sandbox: Sandbox, pid: int) -> None:
+    """The helper cloned ``pid`` (our child, CLONE_PARENT): map its ids, place it, release it."""
+    reap_helper(sandbox)
+    try:
+        sandbox.pidfd = sc.pidfd_open(pid)
+    except OSError as exc:
+        raise SetupFailure(f"pidfd_open of the new sandbox: {exc.strerror}", exc.errno or 0) from None
+    sandbox.pid = pid
+    sandbox.state = "preparing"
+    try:
+        userns.write_id_maps(pid, sandbox.lease.mapping)
+        if sandbox.place_in_cgroup is not None:
+            sandbox.place_in_cgroup(pid)
+        os.write(sandbox.sync_fd, b"\0")
+    except OSError as exc:
+        destroy(sandbox)
+        raise SetupFailure(f"set up the sandbox's ids and cgroup: {exc.strerror}", exc.errno or 0) from None
+
+
+def reap_helper(sandbox: Sandbox, kill: bool = False) -> None:
+    """Collect the helper (it exits right after saying the sandbox's pid)."""
+    if sandbox.helper_pid > 0:
+        if kill:
+            try:
+                os.kill(sandbox.helper_pid, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            os.waitpid(sandbox.helper_pid, 0)
+        except ChildProcessError:
+            pass
+        sandbox.helper_pid = -1
+
+
+def _close_all_but(keep: set[int]) -> None:
+    low = 3
+    for fd in sorted(fd for fd in keep if fd >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
 
 
 def read_report(sandbox: Sandbox) -> bool:
@@ -444,9 +617,88 @@ def work_tree(sandbox: Sandbox, workdir: str) -> int:
 def start(sandbox: Sandbox, job: JobSpec, stdio: tuple[int, int, int], tree: int = -1) -> None:
     """Hand the job to a warm sandbox; its report then ends at execve."""
     fds_out = list(stdio) + ([tree] if tree >= 0 else [])
-    message = json.dumps({"job": job.to_dict(), "work_tree": tree >= 0}).encode()
+    if sandbox.native:
+        message = native_job_message(sandbox.template, job, tree >= 0)
+    else:
+        message = json.dumps({"job": job.to_dict(), "work_tree": tree >= 0}).encode()
     socket.send_fds(sandbox.job_sock, [message], fds_out)
+    sandbox.job = job
     sandbox.state = "starting"
+
+
+def native_job_message(template: JailTemplate, job: JobSpec, work_tree: bool) -> bytes:
+    """The job for the compiled runner: records of a tag byte, bytes, NUL (see stage.c).
+
+    What execve could never take (a NUL byte, an unencodable name, '=' in a variable's
+    name) is found here and sent as the exec stage's error, worded as os.execvpe words it.
+    """
+    env = dict(template.env)
+    env.update(job.env)
+    records: list[bytes] = []
+    problem = None
+    try:
+        argv = [os.fsencode(arg) for arg in job.argv]
+        variables = [(os.fsencode(key), os.fsencode(value)) for key, value in env.items()]
+        if any(b"\0" in arg for arg in argv) or any(b"\0" in k or b"\0" in v for k, v in variables):
+            raise ValueError("embedded null byte")
+        if any(not k or b"=" in k for k, _ in variables):
+            raise ValueError("illegal environment variable name")
+        if not argv or not argv[0]:
+            raise ValueError("execv() arg 2 first element cannot be empty")
+    except ValueError as exc:  # UnicodeEncodeError included
+        problem = f"{job.argv[0] if job.argv else ''!r}: {exc}"
+        argv, variables = [b"-"], []
+    records += [b"a" + arg for arg in argv]
+    records += [b"e" + key + b"=" + value for key, value in variables]
+    limits = job.limits or template.limits
+    for limit in job_rlimits(template, limits):
+        records.append(f"r{limit.name} {limit.soft} {limit.hard}".encode())
+    if job.workdir:
+        records.append(b"w" + os.fsencode(job.workdir))
+    if work_tree:
+        records.append(b"t")
+    if problem is not None:
+        records.append(b"x" + problem.encode("utf-8", "backslashreplace"))
+    return b"\0".join(records) + b"\0"
+
+
+_LANDLOCK_SUMMARIES: dict[str, dict[str, Any]] = {}
+
+
+def _landlock_summary(template: JailTemplate) -> dict[str, Any]:
+    """The plan's side of the Landlock report, once per template (it is the same every job)."""
+    summary = _LANDLOCK_SUMMARIES.get(template.policy_hash)
+    if summary is None:
+        plan = landlock.LandlockPlan.from_dict(template.landlock or {})
+        summary = {"mode": template.landlock_mode, "abi": plan.abi, "rights": plan.describe(),
+                   "dropped": list(plan.dropped)}
+        if len(_LANDLOCK_SUMMARIES) > 256:
+            _LANDLOCK_SUMMARIES.clear()
+        _LANDLOCK_SUMMARIES[template.policy_hash] = summary
+    return summary
+
+
+def native_ready(sandbox: Sandbox, frame: dict[str, Any]) -> dict[str, Any]:
+    """The compiled runner's "ready" frame in the shape the Python stages write it."""
+    template, native = sandbox.template, frame.get("native") or {}
+    applied: dict[str, Any] = dict(sandbox.prepared.get("applied") or {})
+    applied["work"] = native.get("work")
+    applied["rlimits"] = native.get("rlimits", {})
+    if template.landlock is None:
+        applied["landlock"] = {"enforced": False, "mode": template.landlock_mode}
+    else:
+        applied["landlock"] = dict(_landlock_summary(template), enforced=bool(native.get("landlock")))
+    plan_s = template.seccomp
+    if plan_s is None or not native.get("seccomp"):
+        applied["seccomp"] = {"enforced": False}
+    else:
+        applied["seccomp"] = {"enforced": True, "mode": plan_s.mode, "profile": plan_s.profile,
+                              "profile_hash": plan_s.profile_hash, "kills_named": plan_s.listener,
+                              "errno_denials_observable": False}
+    applied["stage_ms"] = {"prepare": sandbox.prepared.get("stage_ms", {}), "job": native.get("stage_ms", {})}
+    applied["runner"] = "native"
+    return {"kind": "ready", "applied": applied, "readback": readback.parse(frame.get("raw") or {}),
+            "namespaces": frame.get("namespaces", {})}
 
 
 def program_exit(status_fd: int) -> dict[str, Any] | None:
@@ -467,6 +719,8 @@ def program_exit(status_fd: int) -> dict[str, Any] | None:
 
 def destroy(sandbox: Sandbox) -> None:
     """Kill a sandbox (its init is PID 1: everything in it goes) — the caller reaps it."""
+    if sandbox.pidfd < 0:
+        return
     try:
         sc.pidfd_send_signal(sandbox.pidfd, signal.SIGKILL)
     except OSError:

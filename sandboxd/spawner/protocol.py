@@ -3,6 +3,7 @@ with file descriptors (the job's stdio going in, its pidfd coming out) as SCM_RI
 
 from __future__ import annotations
 
+import array
 import json
 import os
 import socket
@@ -24,7 +25,7 @@ def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | tuple[in
 
 def receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
     """One message and its fds; ``(None, [])`` when the peer has closed the socket."""
-    data, fds, flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
+    data, fds, flags = _recv_fds(sock)
     if not data:
         for fd in fds:
             _close_quietly(fd)
@@ -34,6 +35,19 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
             _close_quietly(fd)
         raise ValueError("message or its file descriptors were truncated")
     return json.loads(data), fds
+
+
+def _recv_fds(sock: socket.socket) -> tuple[bytes, list[int], int]:
+    # Close-on-exec from the start: a received fd must never cross into a process the
+    # spawner starts (socket.recv_fds ignores its flags argument, hence recvmsg here).
+    size = array.array("i").itemsize
+    data, ancillary, flags, _addr = sock.recvmsg(MAX_MESSAGE, socket.CMSG_LEN(MAX_FDS * size),
+                                                 socket.MSG_CMSG_CLOEXEC)
+    fds = array.array("i")
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - (len(payload) % size)])
+    return data, list(fds), flags
 
 
 def socketpair() -> tuple[socket.socket, socket.socket]:

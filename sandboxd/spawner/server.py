@@ -30,6 +30,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from sandboxd import native
 from sandboxd.jail import cgroups, proctitle, spine
 from sandboxd.jail import syscalls as sc
 from sandboxd.jail.failure import SetupFailure
@@ -40,13 +41,32 @@ from sandboxd.spawner.jobs import RunningJob, cgroup_for, limit_value
 
 SETUP_TIMEOUT_S = 10.0
 POOL_IDLE_S = 300.0
+# Building a sandbox takes CPU the running job could use: a refill waits until no job is
+# running, or at most this long, unless the pool is empty (then the next job would wait).
+REFILL_DEFER_S = 0.025
+# Demand: each job that found the pool empty grows it by one, up to this many times its
+# configured size (and 16); an extra sandbox idle this long is let go again.
+DEMAND_FACTOR = 3
+DEMAND_DECAY_S = 30.0
+POOL_MAX = 16
 
 
 @dataclass
 class Pool:
-    size: int = 0  # warm sandboxes to keep for this template
+    size: int = 0  # warm sandboxes to keep for this template: the floor
+    target: int = 0  # what demand asks for now: size ≤ target ≤ cap
     warm: deque = field(default_factory=deque)
     building: int = 0
+    due: float | None = None  # a deferred refill must start by then
+    misses: int = 0  # jobs that found no warm sandbox
+
+    @property
+    def cap(self) -> int:
+        return min(POOL_MAX, self.size * DEMAND_FACTOR)
+
+    def resize(self, size: int) -> None:
+        self.size = max(0, min(size, POOL_MAX))
+        self.target = max(self.size, min(self.target, self.cap))
 
 
 @dataclass
@@ -72,6 +92,10 @@ class Spawner:
             self.ids = ids or IdAllocator()
         except RuntimeError as exc:  # e.g. subordinate ids asked for but not granted
             self.ids, self.ids_error = IdAllocator(rootless_ids="self"), str(exc)
+        # Which code builds and runs sandboxes: the compiled runner when it is built.
+        self.runner = native.choose()
+        if self.runner.kind == "unavailable" and self.ids_error is None:
+            self.ids_error = f"stage runner: {self.runner.reason}"
         self.templates: dict[str, JailTemplate] = {}
         self.pools: dict[str, Pool] = {}
         self.by_fd: dict[int, Entry] = {}  # report fds and pidfds
@@ -90,7 +114,7 @@ class Spawner:
             if op == "define":
                 digest = message["hash"]
                 self.templates[digest] = JailTemplate.from_dict(message["template"])
-                self.pools.setdefault(digest, Pool()).size = max(0, min(int(message.get("pool", 0)), 16))
+                self.pools.setdefault(digest, Pool()).resize(int(message.get("pool", 0)))
                 protocol.send(self.sock, {"event": "defined", "hash": digest})
                 self._refill(digest)
             elif op == "run":
@@ -98,7 +122,10 @@ class Spawner:
                 fds = []
             elif op == "ping":
                 protocol.send(self.sock, {"event": "pong", "pid": os.getpid(), "sandboxes": len(self.entries),
-                                          "warm": {h: len(p.warm) for h, p in self.pools.items()}})
+                                          "runner": {"kind": self.runner.kind, "reason": self.runner.reason},
+                                          "warm": {h: len(p.warm) for h, p in self.pools.items()},
+                                          "target": {h: p.target for h, p in self.pools.items()},
+                                          "misses": {h: p.misses for h, p in self.pools.items()}})
             else:
                 protocol.send(self.sock, {"event": "error", "detail": f"unknown op {op!r}"})
         except (KeyError, TypeError, ValueError) as exc:
@@ -124,7 +151,8 @@ class Spawner:
         if self.ids_error is not None:
             for fd in fds:
                 os.close(fd)
-            self._refuse(job, "user namespace", self.ids_error)
+            self._refuse(job, "stage runner" if self.ids_error.startswith("stage runner") else "user namespace",
+                         self.ids_error)
             return
         limits = job.limits or template.limits
         pool = self.pools[digest]
@@ -137,6 +165,9 @@ class Spawner:
                 candidate = pool.warm.popleft()
                 entry = candidate if candidate.sandbox.state == "warm" else None
         if entry is None:
+            if early is None and pool.size:
+                pool.misses += 1
+                pool.target = min(pool.cap, pool.target + 1)
             try:
                 entry = self._prepare(template, digest, limits, early)
             except (SetupFailure, cgroups.CgroupUnavailable, OSError) as exc:
@@ -148,33 +179,76 @@ class Spawner:
         entry.pending = (job, fds)
         if entry.sandbox.state == "warm":
             self._start(entry)
-        self._refill(digest)
+        if pool.warm:
+            # The job goes first: build its replacement once it is done (or soon anyway).
+            pool.due = min(pool.due or float("inf"), time.monotonic() + REFILL_DEFER_S)
+        else:
+            self._refill(digest)
 
     # --- building sandboxes ------------------------------------------------------------------
     def _prepare(self, template: JailTemplate, digest: str, limits: JobLimits, early: str | None) -> Entry:
         job_id = f"sbx-{time.monotonic_ns()}"
         cgroup, layer = cgroup_for(self.cgroups, job_id, limits, template.cgroup_mode)
+        place = None if cgroup is None else cgroup.place
         try:
-            sandbox = spine.prepare(template, self.ids, early_workdir=early,
-                                    place_in_cgroup=None if cgroup is None else cgroup.place)
+            if self.runner.kind == "native":
+                sandbox = spine.prepare_native(template, self.ids, self.runner.path or "", early_workdir=early,
+                                               place_in_cgroup=place)
+            else:
+                sandbox = spine.prepare(template, self.ids, early_workdir=early, place_in_cgroup=place)
         except BaseException:
             if cgroup is not None:
                 cgroup.remove()
             raise
         entry = Entry(sandbox, cgroup, layer, deadline=time.monotonic() + SETUP_TIMEOUT_S, digest=digest)
         self.by_fd[sandbox.report_fd] = entry
-        self.by_fd[sandbox.pidfd] = entry
         self.entries.add(id(entry))
         self.poller.register(sandbox.report_fd, select.POLLIN)
-        self.poller.register(sandbox.pidfd, select.POLLIN)
+        if sandbox.pidfd >= 0:
+            self._watch_pidfd(entry)
         return entry
+
+    def _watch_pidfd(self, entry: Entry) -> None:
+        self.by_fd[entry.sandbox.pidfd] = entry
+        self.poller.register(entry.sandbox.pidfd, select.POLLIN)
+
+    def _adopt(self, entry: Entry) -> None:
+        """A natively built sandbox's helper said its pid: take it as ours and release it."""
+        sandbox = entry.sandbox
+        born = next((f for f in sandbox.frames if f.get("kind") == "born"), None)
+        error = next((f for f in sandbox.frames if f.get("kind") == "error"), None)
+        sandbox.frames.clear()
+        if born is None or error is not None:
+            spine.reap_helper(sandbox, kill=True)
+            self._abandon(entry, error or {"stage": "runner", "detail": "the stage runner ended before the sandbox existed",
+                                           "errno": 0, "exit_code": spine.EXIT_SETUP_FAILED})
+            return
+        try:
+            spine.adopt(sandbox, int(born["pid"]))
+        except SetupFailure as exc:
+            if sandbox.pidfd >= 0:
+                self._watch_pidfd(entry)  # killed in adopt; reaped when its pidfd says so
+                self._fail_entry(entry, {"stage": "spawner", "detail": exc.detail, "errno": exc.errno,
+                                         "exit_code": spine.EXIT_SETUP_FAILED})
+            else:
+                self._abandon(entry, {"stage": "spawner", "detail": exc.detail, "errno": exc.errno,
+                                      "exit_code": spine.EXIT_SETUP_FAILED})
+            return
+        self._watch_pidfd(entry)
+
+    def _abandon(self, entry: Entry, error: dict[str, Any]) -> None:
+        """A sandbox that never got a pid of ours: fail it and tear it down at once."""
+        self._fail_entry(entry, error)
+        self.entries.discard(id(entry))
+        self._teardown(entry)
 
     def _refill(self, digest: str) -> None:
         pool = self.pools.get(digest)
         template = self.templates.get(digest)
         if pool is None or template is None or self.ids_error is not None:
             return
-        while len(pool.warm) + pool.building < pool.size:
+        pool.due = None
+        while len(pool.warm) + pool.building < pool.target:
             try:
                 entry = self._prepare(template, digest, template.limits, None)
             except (SetupFailure, cgroups.CgroupUnavailable, OSError):
@@ -185,9 +259,15 @@ class Spawner:
     def _on_report(self, entry: Entry) -> None:
         sandbox = entry.sandbox
         ended = spine.read_report(sandbox)
+        if sandbox.state == "spawning":
+            if ended or sandbox.frames:
+                self._adopt(entry)
+            if sandbox.state == "spawning" or not (ended or sandbox.frames):
+                return
         error = next((f for f in sandbox.frames if f.get("kind") == "error"), None)
         if sandbox.state == "preparing":
             if any(f.get("kind") == "warm" for f in sandbox.frames) and error is None:
+                sandbox.prepared = next((f for f in sandbox.frames if f.get("kind") == "prepared"), {})
                 sandbox.frames.clear()
                 sandbox.state = "warm"
                 if entry.pooled:
@@ -221,6 +301,7 @@ class Spawner:
         entry.sandbox.state = "failed"
         self._stop_watching_report(entry)
         spine.destroy(entry.sandbox)
+        spine.reap_helper(entry.sandbox, kill=True)
 
     # --- starting jobs ---------------------------------------------------------------------------
     def _start(self, entry: Entry) -> None:
@@ -270,6 +351,8 @@ class Spawner:
             protocol.send(self.sock, {"event": "failed", "job_id": job.job_id, "error": error, "final": False})
             return
         ready = next((f for f in sandbox.frames if f.get("kind") == "ready"), None)
+        if ready is not None and sandbox.native:
+            ready = spine.native_ready(sandbox, ready)
         if ready is None:
             protocol.send(self.sock, {"event": "failed", "job_id": job.job_id, "final": False, "error": {
                 "stage": "sandbox", "detail": "the sandbox ended before its program started",
@@ -383,10 +466,21 @@ class Spawner:
                     else:
                         self._on_report(entry)
                 self._check_clocks()
+                self._refill_due()
         except (BrokenPipeError, ConnectionResetError):
             return
         finally:
             self.kill_all()
+
+    def _refill_due(self) -> None:
+        """Start deferred refills: now if no job is running, else once their time is up."""
+        due = [(digest, pool) for digest, pool in self.pools.items() if pool.due is not None]
+        if not due:
+            return
+        now, busy = time.monotonic(), bool(self._running())
+        for digest, pool in due:
+            if not busy or pool.due <= now:
+                self._refill(digest)
 
     def _running(self) -> list[RunningJob]:
         seen = {id(e): e for e in self.by_fd.values()}
@@ -395,8 +489,10 @@ class Spawner:
     def _timeout_ms(self) -> int | None:
         now = time.monotonic()
         soonest = min([job.next_check for job in self._running()] +
-                      [e.deadline for e in self.by_fd.values() if e.sandbox.state == "preparing"] +
-                      [now + POOL_IDLE_S if any(p.warm for p in self.pools.values()) else float("inf")])
+                      [e.deadline for e in self.by_fd.values() if e.sandbox.state in ("spawning", "preparing")] +
+                      [p.due for p in self.pools.values() if p.due is not None] +
+                      [p.warm[0].warm_since + (DEMAND_DECAY_S if p.target > p.size else POOL_IDLE_S)
+                       for p in self.pools.values() if p.warm] + [float("inf")])
         if soonest == float("inf"):
             return None
         return max(0, int((soonest - now) * 1000) + 1)
@@ -407,11 +503,18 @@ class Spawner:
             if job.next_check <= now:
                 job.check(now)
         for entry in {id(e): e for e in self.by_fd.values()}.values():
-            if entry.sandbox.state == "preparing" and entry.deadline <= now:
-                self._fail_entry(entry, {"stage": "sandbox", "detail": f"not built within {SETUP_TIMEOUT_S} s",
-                                         "errno": 0, "exit_code": spine.EXIT_SETUP_FAILED})
+            if entry.sandbox.state in ("spawning", "preparing") and entry.deadline <= now:
+                error = {"stage": "sandbox", "detail": f"not built within {SETUP_TIMEOUT_S} s",
+                         "errno": 0, "exit_code": spine.EXIT_SETUP_FAILED}
+                if entry.sandbox.pidfd < 0:
+                    self._abandon(entry, error)
+                else:
+                    self._fail_entry(entry, error)
         for pool in self.pools.values():  # warm sandboxes nobody asked for in a while
             while pool.warm and now - pool.warm[0].warm_since > POOL_IDLE_S:
+                spine.destroy(pool.warm.popleft().sandbox)
+            if pool.target > pool.size and pool.warm and now - pool.warm[0].warm_since > DEMAND_DECAY_S:
+                pool.target -= 1  # demand has fallen: let one extra sandbox go
                 spine.destroy(pool.warm.popleft().sandbox)
 
     def kill_all(self) -> None:
@@ -419,10 +522,12 @@ class Spawner:
         for entry in entries:
             spine.destroy(entry.sandbox)
         for entry in entries:
-            try:
-                os.waitpid(entry.sandbox.pid, 0)
-            except ChildProcessError:
-                pass
+            spine.reap_helper(entry.sandbox, kill=True)
+            if entry.sandbox.pid > 0:
+                try:
+                    os.waitpid(entry.sandbox.pid, 0)
+                except ChildProcessError:
+                    pass
             self._teardown(entry)
         self.by_fd.clear()
         if self.cgroups is not None:

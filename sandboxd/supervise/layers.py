@@ -40,4 +40,6 @@ def describe(started: dict[str, Any], network: str) -> dict[str, Any]:
         "rlimits": applied.get("rlimits"),
         "cgroup": ready.get("cgroup"),
         "stage_ms": applied.get("stage_ms"),
+        "runner": applied.get("runner"),
+        "work": applied.get("work"),
     }

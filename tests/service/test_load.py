@@ -9,11 +9,15 @@ import statistics
 import time
 
 from sandboxd.client import SandboxClient
+from sandboxd.spawner.server import DEMAND_FACTOR
 from tests.service.conftest import cli_token, descendants, job_cgroups, job_processes, wait_until
 
 RUNS = 500
 CLIENTS = 32
-POOL = 2  # ServiceConfig.pool_size default: warm sandboxes kept per policy
+
+# ServiceConfig.pool_size default is 2 warm sandboxes per policy; a burst of demand may grow
+# the pool up to DEMAND_FACTOR times that until it has been idle a while.
+POOL = 2 * DEMAND_FACTOR
 
 
 def _fds(pid: int) -> int:

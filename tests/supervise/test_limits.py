@@ -111,8 +111,10 @@ def test_usage_is_exact_for_known_work(root_sandbox: Runner, programs: Path) -> 
     assert result["verdict"] == "OK" and outcome.stdout.strip() == "done"
     usage = result["usage"]
     assert abs(usage["memory_peak_bytes"] - (100 << 20)) <= 0.1 * (100 << 20), usage
-    cpu = usage["cpu_user_s"] + usage["cpu_sys_s"]
-    assert abs(cpu - 1.0) <= 0.1, usage
+    # The exact figure is the cgroup's CPU counter; the user/system split is sampled by the
+    # kernel in clock ticks (cpuacct.stat, cpu.stat's split), so it only has to agree roughly.
+    assert abs(usage["cpu_total_s"] - 1.0) <= 0.1, usage
+    assert abs(usage["cpu_user_s"] + usage["cpu_sys_s"] - usage["cpu_total_s"]) <= 0.2, usage
     assert usage["sources"]["memory_peak_bytes"] in ("cgroup1:memory.max_usage_in_bytes", "cgroup2:memory.peak")
     assert usage["voluntary_context_switches"] is not None
 
