@@ -7,7 +7,7 @@ documented in docs/results.md.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 OK = "OK"
@@ -68,7 +68,7 @@ class RunResult:
     output: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _plain(self)  # what dataclasses.asdict makes, several times faster
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -84,3 +84,26 @@ class RunResult:
         if self.exit_code is not None:
             return self.exit_code
         return EXIT_SETUP_FAILED
+
+
+_ATOMS = frozenset({str, int, float, bool, type(None)})
+
+
+@dataclass
+class _Box:
+    value: Any
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as ``dataclasses.asdict`` copies it (fresh dicts and lists all the way
+    down), with fast paths for the JSON-like values a result holds."""
+    kind = type(value)
+    if kind in _ATOMS:
+        return value
+    if kind is dict:
+        return {key: _plain(item) for key, item in value.items()}
+    if kind is list:
+        return [_plain(item) for item in value]
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    return asdict(_Box(value))["value"]  # anything else: exactly as asdict does it

@@ -45,8 +45,19 @@ def limits_dict(limits: Any) -> dict[str, Any] | None:
     return dict(limits)
 
 
+_ATOMS = frozenset({str, int, float, bool, type(None)})
+
+
 def scrub(value: Any) -> Any:
     """``value`` with every secret-named key's value replaced by ``[redacted]``, at any depth."""
+    kind = type(value)
+    if kind in _ATOMS:  # the common cases first: isinstance against an ABC is slow
+        return value
+    if kind is dict:
+        return {k: (REDACTED if str(k).lower() in SECRET_KEYS and v is not None else scrub(v))
+                for k, v in value.items()}
+    if kind is list:
+        return [scrub(v) for v in value]
     if isinstance(value, Mapping):
         return {k: (REDACTED if str(k).lower() in SECRET_KEYS and v is not None else scrub(v))
                 for k, v in value.items()}

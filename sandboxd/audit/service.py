@@ -11,6 +11,7 @@ snapshots, since one process at a time writes an audit directory.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import json
 from pathlib import Path
@@ -22,6 +23,16 @@ from sandboxd.audit.logger import AsyncAuditLogger, AuditLogger
 from sandboxd.audit.writer import AuditWriter
 
 log = structlog.get_logger("sandboxd.audit")
+
+
+class QueuedAuditLogger(AuditLogger):
+    """``AuditLogger`` that does not wait: every method returns the writer's future at once.
+
+    For records nobody awaits: unlike an asyncio awaitable, nothing wakes the event loop
+    when the record is on disk (the writer thread runs the future's callbacks)."""
+
+    def _complete(self, pending: concurrent.futures.Future) -> concurrent.futures.Future:
+        return pending
 
 
 def config_hash(config: Any) -> str:
@@ -39,10 +50,12 @@ def hmac_key(path: str | None) -> bytes | None:
 
 class ServiceAudit:
     def __init__(self, writer: AuditWriter, directory: str = "") -> None:
+        if writer.durability != "group":  # in "fsync" mode submit() itself waits for the disk
+            raise ValueError("the service's audit writer must use group commit")
         self.writer = writer
         self.directory = directory
         self.logger = AsyncAuditLogger(writer)
-        self._pending: set[asyncio.Task] = set()
+        self._queued = QueuedAuditLogger(writer)  # the same pipeline, for records not awaited
         self._tokens: dict[str, tuple[str, bool]] = {}
         self._policies: dict[str, str] = {}
 
@@ -51,15 +64,15 @@ class ServiceAudit:
         Path(directory).mkdir(parents=True, exist_ok=True, mode=0o700)
         return cls(AuditWriter(directory, hmac_key=hmac_key(key_file)), directory)
 
-    def _background(self, awaitable: Any) -> None:
-        task = asyncio.ensure_future(awaitable)
-        self._pending.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task) -> None:
-        self._pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("audit_write_failed", error=str(task.exception()))
+    def _queue(self, write: Any, *args: Any, **fields: Any) -> None:
+        """``write`` (a method of the queued logger) without waiting for the disk: on disk
+        with the next group commit; writer.close() writes what is still queued."""
+        try:
+            future = write(*args, **fields)
+        except Exception as exc:  # closed or failed writer: as an awaited write would fail
+            log.error("audit_write_failed", error=str(exc))
+            return
+        future.add_done_callback(_report_failure)
 
     def finished_jobs(self, job_ids: set[str], segments: int = 2) -> set[str]:
         """Which of ``job_ids`` already have a job_finished record (newest segments only):
@@ -90,20 +103,20 @@ class ServiceAudit:
     def __call__(self, event: str, **fields: Any) -> None:
         """The service's generic hook: write ``event`` without waiting for the disk."""
         context = {k: fields.pop(k) for k in ("request_id", "tenant", "client") if k in fields}
-        logger = self.logger.bind(**{k: v for k, v in context.items() if v is not None})
+        logger = self._queued.bind(**{k: v for k, v in context.items() if v is not None})
         if event in ("auth_accepted", "auth_denied"):
             reason = fields.pop("reason", None)
             decision = "accepted" if event == "auth_accepted" else (
                 "quota_rejected" if reason and reason.startswith("quota") else "denied")
-            self._background(logger.auth_decision(decision, reason=reason, token_id=fields.pop("token_id", None),
-                                                  policy=fields.pop("policy", None), **fields))
+            self._queue(logger.auth_decision, decision, reason=reason, token_id=fields.pop("token_id", None),
+                        policy=fields.pop("policy", None), **fields)
         elif event == "job_queued":
-            self._background(logger.job_queued(fields.pop("run_id"), policy_name=fields.pop("policy", None),
-                                               policy_hash=fields.pop("policy_hash", None), **fields))
+            self._queue(logger.job_queued, fields.pop("run_id"), policy_name=fields.pop("policy", None),
+                        policy_hash=fields.pop("policy_hash", None), **fields)
         elif event == "job_started":
-            self._background(logger.job_started(fields.pop("run_id"), **fields))
+            self._queue(logger.job_started, fields.pop("run_id"), **fields)
         else:
-            self._background(logger.emit(event, **fields))
+            self._queue(logger.emit, event, **fields)
 
     async def job_finished(self, result: dict[str, Any] | None, *, run_id: str, status: str, reason: str | None,
                            argv: Iterable[str], env: dict[str, str], limits: Any, request_id: str | None,
@@ -150,12 +163,15 @@ class ServiceAudit:
         self._policies = dict(policies)
 
     def logger_policy(self, action: str, name: str, digest: str | None, previous: str | None) -> None:
-        self._background(self.logger.policy_changed(action, name=name, hash=digest, previous_hash=previous))
+        self._queue(self._queued.policy_changed, action, name=name, hash=digest, previous_hash=previous)
 
     async def close(self) -> None:
-        if self._pending:
-            await asyncio.wait(list(self._pending), timeout=10)
-        await asyncio.to_thread(self.writer.close)
+        await asyncio.to_thread(self.writer.close)  # writes what is queued first
+
+
+def _report_failure(future: concurrent.futures.Future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("audit_write_failed", error=str(future.exception()))
 
 
 def cli_audit(directory: str, key_file: str | None = None) -> AuditLogger:

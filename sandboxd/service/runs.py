@@ -70,10 +70,15 @@ class RunManager:
         ticket = Ticket(run_id, who.tenant, who.token_id, who.max_running)
         # Queue caps are checked before anything is stored: a refused run leaves no trace.
         self.scheduler.submit(ticket, who.max_queued if recovered_id is None else 1 << 30)
+        # A free slot is taken at once: the run is stored as running straight away, so one
+        # commit, and no power loss can ever bring it back as queued (store.py, durability).
+        started = recovered_id is None and ticket.future.done()
         if recovered_id is None:
             try:
+                # Durable before a 202 names it; a waiting client is told nothing before the end.
                 created_at = await self.store.add(run_id, who.tenant, who.token_id, request.policy,
-                                                  request.model_dump(mode="json"))
+                                                  request.model_dump(mode="json"), running=started,
+                                                  durable=not request.wait)
             except BaseException:
                 # Not stored (an error, or the request was cancelled): no task will ever
                 # release this ticket, so take it back or it holds a queue place or a slot.
@@ -83,21 +88,25 @@ class RunManager:
         self.hub.publish(run_id, "queued", {"id": run_id})
         self.audit("job_queued", run_id=run_id, tenant=who.tenant, policy=request.policy,
                    request_id=who.request_id, client=who.client)
+        if started:  # said now, not a loop turn later: one group commit for both records
+            self.audit("job_started", run_id=run_id, tenant=who.tenant, policy=request.policy)
         done: asyncio.Future = loop.create_future()
-        task = asyncio.create_task(self._run(run_id, request, who, ticket, created_at or time.time(), done))
+        task = asyncio.create_task(self._run(run_id, request, who, ticket, created_at or time.time(), done,
+                                             started))
         self.active[run_id] = ActiveRun(run_id, ticket, task, done)
         self._gauges()
         return run_id
 
     async def _run(self, run_id: str, request: RunRequest, who: Submitter, ticket: Ticket,
-                   created_at: float, done: asyncio.Future) -> None:
+                   created_at: float, done: asyncio.Future, started: bool = False) -> None:
         status, result, reason = "failed", None, None
         try:
             await self.scheduler.wait_turn(ticket)
             self.metrics.queue_wait.observe(max(0.0, time.time() - created_at))
-            await self.store.mark_running(run_id)
+            if not started:  # durable: after a power loss it is failed, never run twice
+                await self.store.mark_running(run_id)
+                self.audit("job_started", run_id=run_id, tenant=who.tenant, policy=request.policy)
             self._gauges()
-            self.audit("job_started", run_id=run_id, tenant=who.tenant, policy=request.policy)
             result = await self.executor.execute(run_id, request)
             status = "finished"
         except asyncio.CancelledError:
@@ -120,10 +129,18 @@ class RunManager:
 
     async def _record(self, run_id: str, who: Submitter, request: RunRequest, status: str,
                       result: dict[str, Any] | None, reason: str | None, done: asyncio.Future) -> None:
+        synced: asyncio.Future | None = None
         try:
             # The audit record first: a run is never reported finished (by its answer or by
             # GET) before its record is on disk. A crash in between leaves it "running" in the
-            # store, and the next start records it as failed: a second record, never none.
+            # store, and the next start records it as failed (a second record, never none) —
+            # or, if its staged result and its record are both on disk, as finished.
+            if status == "finished" and result is not None:
+                # Its result is stored meanwhile (the run still "running", the result unseen)
+                # and made durable while the record is: with both on disk a restart finds
+                # the run finished (store.recover), so the status flip after needs no fsync.
+                self.store.stage_result(run_id, result)
+                synced = asyncio.ensure_future(self.store.sync())
             try:
                 await self.audit.job_finished(result, run_id=run_id, status=status, reason=reason,
                                               argv=request.argv, env=request.env,
@@ -133,8 +150,15 @@ class RunManager:
                 log.error("audit_failed", run_id=run_id, error=str(exc))
                 status, result = "failed", None
                 reason = f"the run's audit record could not be written ({exc}); its result is withheld"
-            await self.store.finish(run_id, status, result, reason)
+            if synced is not None:
+                await synced
+            if status == "finished" and synced is not None:
+                self.store.complete(run_id)
+            else:
+                await self.store.finish(run_id, status, result, reason)
         finally:
+            if synced is not None:
+                synced.add_done_callback(_quiet)  # if something failed first, its error is the one told
             verdict = (result or {}).get("verdict", status.upper())
             self.metrics.jobs.labels(verdict=verdict, tenant=who.tenant).inc()
             if result is not None:
@@ -164,8 +188,9 @@ class RunManager:
         return True
 
     async def recover(self, tokens: Callable[[str], Submitter | None]) -> dict[str, int]:
-        """After a (re)start: queued runs are queued again; runs that were running fail."""
-        queued, failed_rows = await self.store.recover()
+        """After a (re)start: queued runs are queued again; runs that were running fail
+        (unless their result was stored and their end recorded: then they had finished)."""
+        queued, failed_rows = await self.store.recover(lambda ids: asyncio.to_thread(self.audit.finished_jobs, ids))
         failed = len(failed_rows)
         recorded = await asyncio.to_thread(self.audit.finished_jobs, {row.id for row in failed_rows})
         for row in failed_rows:  # their processes died with the previous service: say so
@@ -217,3 +242,7 @@ class RunManager:
         self.metrics.queued.set(self.scheduler.queued)
         self.metrics.running.set(len(self.scheduler.running))
 
+
+def _quiet(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: no "exception was never retrieved" at exit
