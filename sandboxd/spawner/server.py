@@ -82,6 +82,7 @@ class Entry:
     digest: str = ""  # its template
     pooled: bool = False  # built for the pool (counted in Pool.building until warm)
     warm_since: float = 0.0
+    begun: bool = False  # the cgroup's counters were taken as the job's zero
 
 
 class Spawner:
@@ -270,6 +271,14 @@ class Spawner:
                 sandbox.prepared = next((f for f in sandbox.frames if f.get("kind") == "prepared"), {})
                 sandbox.frames.clear()
                 sandbox.state = "warm"
+                if entry.cgroup is not None:
+                    # A warm sandbox only waits: its counters now are the job's zero, taken
+                    # here so that reading them is not on the job's path.
+                    try:
+                        entry.cgroup.begin()
+                        entry.begun = True
+                    except OSError:
+                        pass  # tried again, and reported, when the job starts
                 if entry.pooled:
                     pool = self.pools[entry.digest]
                     pool.building -= 1
@@ -315,7 +324,8 @@ class Spawner:
             if entry.cgroup is not None:
                 if limits != sandbox.template.limits:
                     entry.cgroup.set_limits(cgroups.CgroupLimits(limits.memory, limits.pids, limits.cpus))
-                entry.cgroup.begin()
+                if not entry.begun:
+                    entry.cgroup.begin()
             elif limits.needs_cgroup() and sandbox.template.cgroup_mode == "required":
                 raise cgroups.CgroupUnavailable("the job's limits need a cgroup this host cannot give")
             if job.workdir and not sandbox.rootless:
