@@ -15,6 +15,7 @@ import structlog
 from sandboxd.errors import LayerUnavailable, SandboxdInputError
 from sandboxd.service.events import EventHub
 from sandboxd.service.executor import Executor
+from sandboxd.service.memory import IdleTrimmer
 from sandboxd.service.metrics import Metrics
 from sandboxd.service.scheduler import QueueFull, Scheduler, Ticket
 from sandboxd.service.schemas import RunRequest
@@ -60,6 +61,7 @@ class RunManager:
         self.audit = audit
         self.active: dict[str, ActiveRun] = {}
         self.accepting = True
+        self.trimmer = IdleTrimmer(lambda: not self.active)
 
     async def submit(self, request: RunRequest, who: Submitter, *, recovered_id: str | None = None,
                      created_at: float | None = None) -> str:
@@ -167,6 +169,8 @@ class RunManager:
                                                   "result": result})
             self.active.pop(run_id, None)
             self._gauges()
+            if not self.active:
+                self.trimmer.went_idle()
             if not done.done():
                 done.set_result((status, result, reason))
 
@@ -222,6 +226,7 @@ class RunManager:
         """Stop taking runs; give running ones ``grace`` seconds, then cancel them. Queued runs
         stay queued in the store and run after the next start."""
         self.accepting = False
+        self.trimmer.close()
         running = [a for a in self.active.values() if a.ticket in self.scheduler.running]
         waiting = [a for a in self.active.values() if a not in running]
         for active in waiting:  # leave them queued in the store, untouched
