@@ -148,9 +148,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sandboxd.spawner.client import SpawnerClient
 
     # Started first, before any file of the job is open, and it starts while we load the policy.
+    from sandboxd.spawner.client import SpawnerGone
+
     client = SpawnerClient.start_exec()
     try:
         return _run(args, argv, client)
+    except SpawnerGone as exc:
+        # Our own failure, not the job's: say so plainly (its stderr, above, says why).
+        print(f"sandboxd: the spawner died: {exc}; the job's fate is unknown", file=sys.stderr)
+        return EXIT_SETUP_FAILED
     finally:
         client.close()
 

@@ -21,6 +21,7 @@ grows with its memory.
 from __future__ import annotations
 
 import gc
+import math
 import os
 import select
 import signal
@@ -44,6 +45,9 @@ POOL_IDLE_S = 300.0
 # Building a sandbox takes CPU the running job could use: a refill waits until no job is
 # running, or at most this long, unless the pool is empty (then the next job would wait).
 REFILL_DEFER_S = 0.025
+# ... and until the spawner has been quiet this long: a caller's next job often follows its
+# last one within a millisecond, and should not find the spawner busy building.
+REFILL_QUIET_S = 0.004
 # Demand: each job that found the pool empty grows it by one, up to this many times its
 # configured size (and 16); an extra sandbox idle this long is let go again.
 DEMAND_FACTOR = 3
@@ -107,6 +111,7 @@ class Spawner:
         # What a sandboxd that died without cleaning up left behind: its jobs' cgroups.
         self.swept = self.cgroups.sweep() if self.cgroups is not None else []
         self.host_namespaces = spine._namespace_ids()
+        self.last_activity = 0.0  # when a job last started or ended
 
     # --- requests ------------------------------------------------------------------------
     def handle(self, message: dict[str, Any], fds: list[int]) -> None:
@@ -348,6 +353,7 @@ class Spawner:
                 os.close(tree)
         entry.job = RunningJob(job.job_id, sandbox.pid, sandbox.pidfd, time.monotonic(), sandbox.lease,
                                sandbox.status_fd, limits, entry.cgroup)
+        self.last_activity = entry.job.started
 
     def _started(self, entry: Entry, error: dict[str, Any] | None) -> None:
         sandbox = entry.sandbox
@@ -443,6 +449,7 @@ class Spawner:
         })
         # Teardown after the answer: the caller does not wait for the cgroup's removal.
         self._teardown(entry)
+        self.last_activity = time.monotonic()
 
     def _teardown(self, entry: Entry) -> None:
         if entry.cgroup is not None:
@@ -483,13 +490,15 @@ class Spawner:
             self.kill_all()
 
     def _refill_due(self) -> None:
-        """Start deferred refills: now if no job is running, else once their time is up."""
+        """Start deferred refills once no job runs and the spawner has been quiet a moment,
+        or once their time is up."""
         due = [(digest, pool) for digest, pool in self.pools.items() if pool.due is not None]
         if not due:
             return
-        now, busy = time.monotonic(), bool(self._running())
+        now = time.monotonic()
+        quiet = not self._running() and now - self.last_activity >= REFILL_QUIET_S
         for digest, pool in due:
-            if not busy or pool.due <= now:
+            if quiet or pool.due <= now:
                 self._refill(digest)
 
     def _running(self) -> list[RunningJob]:
@@ -498,12 +507,16 @@ class Spawner:
 
     def _timeout_ms(self) -> int | None:
         now = time.monotonic()
-        soonest = min([job.next_check for job in self._running()] +
-                      [e.deadline for e in self.by_fd.values() if e.sandbox.state in ("spawning", "preparing")] +
-                      [p.due for p in self.pools.values() if p.due is not None] +
-                      [p.warm[0].warm_since + (DEMAND_DECAY_S if p.target > p.size else POOL_IDLE_S)
-                       for p in self.pools.values() if p.warm] + [float("inf")])
-        if soonest == float("inf"):
+        wake = [job.next_check for job in self._running()]
+        wake += [e.deadline for e in self.by_fd.values() if e.sandbox.state in ("spawning", "preparing")]
+        due = [p.due for p in self.pools.values() if p.due is not None]
+        wake += due
+        if due and self.last_activity + REFILL_QUIET_S > now:
+            wake.append(self.last_activity + REFILL_QUIET_S)  # the quiet moment a refill waits for
+        wake += [p.warm[0].warm_since + (DEMAND_DECAY_S if p.target > p.size else POOL_IDLE_S)
+                 for p in self.pools.values() if p.warm]
+        soonest = min(wake, default=math.inf)
+        if soonest == math.inf:
             return None
         return max(0, int((soonest - now) * 1000) + 1)
 
