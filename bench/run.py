@@ -83,19 +83,20 @@ LABELS = {
     "cold": "spawner direct, cold (pool=0), all layers",
     "warm-gap": "spawner direct, warm (pool=2), after refill",
     "warm-b2b": "spawner direct, warm (pool=2), back-to-back",
+    "warm-py": "  the same after refill, Python stages (before)",
     "http": "HTTP API, 1 client, wait=true",
     "cold-no-seccomp": "  cold spawner, seccomp off",
     "cold-no-landlock": "  cold spawner, Landlock off",
     "cold-none": "  cold spawner, seccomp + Landlock off",
 }
 ROWS = {  # the latency table's rows per program, in print order
-    "true": ["floor", "bwrap", "python", "cli", "cold", "warm-gap", "warm-b2b", "http",
+    "true": ["floor", "bwrap", "python", "cli", "cold", "warm-gap", "warm-b2b", "warm-py", "http",
              "cold-no-seccomp", "cold-no-landlock", "cold-none"],
     "1mib": ["floor", "bwrap", "cli", "cold", "warm-gap", "warm-b2b", "http"],
 }
 # One job (a burst for "warm") of each per round, in a shuffled order.
 FAST = [("floor", "true"), ("floor", "1mib"), ("bwrap", "true"), ("bwrap", "1mib"),
-        ("cold", "true"), ("cold", "1mib"), ("warm", "true"), ("warm", "1mib"),
+        ("cold", "true"), ("cold", "1mib"), ("warm", "true"), ("warm", "1mib"), ("warm-py", "true"),
         ("http", "true"), ("http", "1mib"),
         ("cold-no-seccomp", "true"), ("cold-no-landlock", "true"), ("cold-none", "true")]
 SLOW = [("cli", "true"), ("cli", "1mib"), ("python", "true")]  # every few rounds only
@@ -239,10 +240,20 @@ class Bwrap:
 class SpawnerJobs:
     """Jobs through one ``SpawnerClient`` (a spawner of its own), as the CLI runs them."""
 
-    def __init__(self, templates: dict[str, Any], null: int, pool: int) -> None:
+    def __init__(self, templates: dict[str, Any], null: int, pool: int, runner: str | None = None) -> None:
         from sandboxd.spawner.client import SpawnerClient
 
-        self.client = SpawnerClient.start_exec()
+        saved = os.environ.get("SANDBOXD_STAGE_RUNNER")
+        if runner is not None:  # the spawner reads it at start-up
+            os.environ["SANDBOXD_STAGE_RUNNER"] = runner
+        try:
+            self.client = SpawnerClient.start_exec()
+        finally:
+            if runner is not None:
+                if saved is None:
+                    del os.environ["SANDBOXD_STAGE_RUNNER"]
+                else:
+                    os.environ["SANDBOXD_STAGE_RUNNER"] = saved
         self.templates, self.null, self.pool = templates, null, pool
 
     def define(self) -> None:
@@ -516,7 +527,8 @@ class Bench:
         # Everything starts at once: spawners and the service boot in parallel.
         self.cold = SpawnerJobs(self.templates, self.null, pool=0)
         self.warm = SpawnerJobs({"warm": self.templates["cold"]}, self.null, pool=POOL)
-        self.spawners = [self.cold, self.warm]
+        self.warm_py = SpawnerJobs({"warm": self.templates["cold"]}, self.null, pool=POOL, runner="python")
+        self.spawners = [self.cold, self.warm, self.warm_py]
         self.service = Service(self.cli)
         for spawner in self.spawners:
             spawner.define()
@@ -571,6 +583,12 @@ class Bench:
         want = MIB if program == "1mib" else 0
         if name == "warm":
             self._warm_burst(program, round_no, record)
+            return
+        if name == "warm-py":  # the compiled runner's "before": Python stages, after a refill
+            self.warm_py.wait_full("warm", self.args.refill_limit)
+            ms, inner, result, nbytes = self.warm_py.run("warm", program)
+            self._record(name, program, round_no, result.verdict == "OK", f"{result.verdict} {result.error}",
+                         ms, inner, record)
             return
         inner = None
         if name == "floor":
@@ -854,6 +872,13 @@ def _command_output(argv: list[str]) -> str:
         return "?"
 
 
+def _stage_runner() -> str:
+    from sandboxd import native
+
+    choice = native.choose()
+    return f"{choice.kind} ({choice.path or choice.reason})"
+
+
 def machine_info(bwrap: str) -> dict[str, Any]:
     from sandboxd.jail import landlock
     from sandboxd.policy import seccomp_compile
@@ -891,6 +916,7 @@ def machine_info(bwrap: str) -> dict[str, Any]:
         "aiohttp": aiohttp_version,
         "bwrap": _command_output([bwrap, "--version"]),
         "landlock_abi": abi,
+        "stage_runner": _stage_runner(),
         "libseccomp": getattr(seccomp_compile, "LIBSECCOMP_VERSION", "?"),
         "euid": os.geteuid(),
         "sandboxd_commit": _command_output(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
@@ -1058,6 +1084,7 @@ it: `bench/README.md`.
 | Python / aiohttp | {machine['python']} / {machine['aiohttp']} |
 | bubblewrap | {machine['bwrap']} |
 | kernel Landlock ABI | {machine['landlock_abi']} |
+| stage runner | {machine['stage_runner']} |
 | libseccomp | {machine['libseccomp']} |
 | running as euid | {machine['euid']} |
 | sandboxd commit | {machine['sandboxd_commit']} (working tree may differ) |
