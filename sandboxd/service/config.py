@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +44,9 @@ class ServiceConfig(BaseSettings):
     audit_hmac_key: str | None = Field(default=None, description="key file: records also carry an HMAC-SHA-256")
     retention_s: float = Field(default=7 * 86400, gt=0, description="finished runs are kept this long, then pruned")
     pool_size: int = Field(default=2, ge=0, le=16, description="warm sandboxes kept ready per policy")
+    stage_runner: Literal["auto", "native", "python"] = Field(
+        default="auto", description="which code builds sandboxes: the compiled runner when built (auto), "
+                                    "only it (native: jobs are refused without it), or the Python stages")
     log_level: str = Field(default="info")
 
     @field_validator("listen")

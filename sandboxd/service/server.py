@@ -52,9 +52,10 @@ def configure_logging(level: str) -> None:
 class SpawnerKeeper:
     """The spawner, started again if it dies (jobs it was running end as failed)."""
 
-    def __init__(self, metrics: Metrics, pool: int = 0) -> None:
+    def __init__(self, metrics: Metrics, pool: int = 0, runner: str | None = None) -> None:
         self.metrics = metrics
         self.pool = pool
+        self.runner = runner
         self.current: AsyncSpawner | None = None
         self._lock = asyncio.Lock()
 
@@ -64,7 +65,7 @@ class SpawnerKeeper:
                 if self.current is not None:
                     self.metrics.spawner_restarts.inc()
                     log.warning("spawner_restarted", reason=self.current.gone)
-                self.current = await AsyncSpawner.start(self.pool)
+                self.current = await AsyncSpawner.start(self.pool, self.runner)
                 self.metrics.spawner_up.set(1)
             return self.current
 
@@ -169,7 +170,7 @@ async def _serve(config: ServiceConfig, state: Path, audit: ServiceAudit, closin
     store = await JobStore.open(str(state / "jobs.sqlite"))
     closing.append(store.close)
     metrics = Metrics()
-    keeper = SpawnerKeeper(metrics, config.pool_size)
+    keeper = SpawnerKeeper(metrics, config.pool_size, config.stage_runner)
     closing.append(keeper.close)
     await keeper.get()
     hub = EventHub()

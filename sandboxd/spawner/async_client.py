@@ -30,8 +30,8 @@ class AsyncSpawner:
         self._loop.add_reader(self.sock.fileno(), self._readable)
 
     @classmethod
-    async def start(cls, pool: int = 0) -> "AsyncSpawner":
-        client = await asyncio.to_thread(SpawnerClient.start_exec)
+    async def start(cls, pool: int = 0, runner: str | None = None) -> "AsyncSpawner":
+        client = await asyncio.to_thread(SpawnerClient.start_exec, None, runner)
         return cls(client, pool)
 
     @property

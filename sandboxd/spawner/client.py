@@ -41,11 +41,13 @@ class SpawnerClient:
 
     # --- starting ------------------------------------------------------------------------
     @classmethod
-    def start_exec(cls, python: str | None = None) -> "SpawnerClient":
+    def start_exec(cls, python: str | None = None, runner: str | None = None) -> "SpawnerClient":
+        """``runner``: the stage runner setting (``sandboxd.native``), else the environment's."""
         ours, theirs = protocol.socketpair()
+        env = None if runner is None else {**os.environ, "SANDBOXD_STAGE_RUNNER": runner}
         process = subprocess.Popen(
             [python or sys.executable, "-m", "sandboxd.spawner", str(theirs.fileno())],
-            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True,
+            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True, env=env,
         )
         theirs.close()
         return cls(ours, process.pid, process)

@@ -21,15 +21,7 @@ PROBE = ("/bin/sh", "-c", "id -u; hostname; readlink /proc/self/ns/pid; echo $$;
 
 
 def _spawner(runner: str) -> SpawnerClient:
-    old = os.environ.get("SANDBOXD_STAGE_RUNNER")
-    os.environ["SANDBOXD_STAGE_RUNNER"] = runner
-    try:
-        return SpawnerClient.start_exec()
-    finally:
-        if old is None:
-            del os.environ["SANDBOXD_STAGE_RUNNER"]
-        else:
-            os.environ["SANDBOXD_STAGE_RUNNER"] = old
+    return SpawnerClient.start_exec(runner=runner)
 
 
 def _run(client, template, argv, workdir=None):
@@ -114,7 +106,7 @@ def test_a_named_seccomp_kill_under_the_compiled_init(both, template) -> None:
     assert result.seccomp["syscall"] == "unshare", result.seccomp
 
 
-def test_an_unbuilt_runner_that_is_demanded_refuses_jobs(template, tmp_path, monkeypatch) -> None:
+def test_a_bad_runner_setting_refuses_jobs(template) -> None:
     client = _spawner("no-such-runner")
     try:
         client.define(template)
@@ -124,3 +116,24 @@ def test_an_unbuilt_runner_that_is_demanded_refuses_jobs(template, tmp_path, mon
         assert "SANDBOXD_STAGE_RUNNER" in result.error["detail"]
     finally:
         client.close()
+
+
+def test_native_demanded_but_not_built_refuses_jobs(template, tmp_path) -> None:
+    """A copy of the package without the binary: 'native' refuses, 'auto' falls back."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.sandboxes import REPO
+
+    shutil.copytree(REPO / "sandboxd", tmp_path / "sandboxd",
+                    ignore=shutil.ignore_patterns("__pycache__", "sandboxd-stage"))
+    script = (
+        "import json, sys\n"
+        "from sandboxd import native\n"
+        "print(json.dumps([native.choose('native').kind, native.choose('auto').kind]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == '["unavailable", "python"]'
