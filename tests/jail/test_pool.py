@@ -125,10 +125,11 @@ def test_the_pool_grows_with_demand_and_no_further_than_its_cap() -> None:
         deadline = time.monotonic() + 10
         while _pong(client)["warm"].get(template.policy_hash, 0) < 1 and time.monotonic() < deadline:
             time.sleep(0.02)
-        # Five jobs at once: the first takes the warm sandbox, the other four find none.
+        # Eight jobs at once: the first takes the warm sandbox; most of the others find none
+        # (a refill may turn warm between two of them).
         null = os.open("/dev/null", os.O_RDWR)
         try:
-            jobs = [JobSpec(job_id=f"burst-{i}-{time.monotonic_ns()}", argv=("/bin/true",)) for i in range(5)]
+            jobs = [JobSpec(job_id=f"burst-{i}-{time.monotonic_ns()}", argv=("/bin/true",)) for i in range(8)]
             for job in jobs:
                 client.run(template, job, (null, null, null))
             for job in jobs:
@@ -139,5 +140,6 @@ def test_the_pool_grows_with_demand_and_no_further_than_its_cap() -> None:
         finally:
             os.close(null)
         pong = _pong(client)
-        assert pong["misses"][template.policy_hash] == 4, pong
+        misses = pong["misses"][template.policy_hash]
+        assert DEMAND_FACTOR - 1 <= misses <= 7, pong
         assert pong["target"][template.policy_hash] == 1 * DEMAND_FACTOR, pong  # grown, and capped
