@@ -13,8 +13,8 @@ token is made, and only its SHA-256 is stored: a random 256-bit secret needs no 
 hash. The CLI changes the file while the service runs: each change takes an ``flock`` on
 ``tokens.json.lock``, re-reads the file, writes a temporary file in the same directory,
 fsyncs it and renames it over ``tokens.json``; readers never lock, they see the old file or
-the new one. The service notices a change (inode, size or mtime) at most ``reload_interval``
-seconds after it is made, on the next lookup.
+the new one. The service notices a change (inode, size or mtime) on the next request it
+authenticates (a stat per request); other lookups check at most every ``reload_interval``.
 
 Secrets never reach a log, an exception or a repr: nothing here puts a presented token in a
 message, and :class:`TokenRecord` holds only the hash.
@@ -282,8 +282,8 @@ def _make_dir(directory: Path) -> None:
 class TokenStore:
     """The tokens of ``path`` (``tokens.json``, or a directory holding it).
 
-    ``authenticate`` is cheap and re-reads the file when it changed, checking at most every
-    ``reload_interval`` seconds; ``add``, ``revoke`` and ``ensure_admin`` read, change and
+    ``authenticate`` is cheap and re-reads the file when it changed (it checks on every call;
+    other lookups at most every ``reload_interval`` seconds); ``add``, ``revoke`` and ``ensure_admin`` read, change and
     replace the file under an exclusive lock, so concurrent CLI invocations never lose an update.
     """
 
@@ -380,9 +380,10 @@ class TokenStore:
             self._install(signature, records)
             return True
 
-    def _maybe_reload(self) -> None:
+    def _maybe_reload(self, always: bool = False) -> None:
         now = self._clock()
-        if self._loaded and self._checked_at is not None and now - self._checked_at < self.reload_interval:
+        if (not always and self._loaded and self._checked_at is not None
+                and now - self._checked_at < self.reload_interval):
             return
         try:
             if self.reload():
@@ -403,7 +404,9 @@ class TokenStore:
         """The live record of ``presented``, or None: unknown, revoked or malformed. Never raises."""
         if not isinstance(presented, str) or not _TOKEN_RE.fullmatch(presented):
             return None
-        self._maybe_reload()
+        # A stat of the file on every request (a few µs): a token added or revoked by
+        # `sandboxd token` counts from the next request, not up to reload_interval later.
+        self._maybe_reload(always=True)
         digest = hash_token(presented)
         # The dict is keyed by SHA-256 of a 256-bit secret: how long the lookup takes says
         # nothing usable about any secret. The final check compares in constant time anyway.
