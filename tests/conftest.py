@@ -4,6 +4,7 @@ import shutil
 
 import pytest
 
+from tests.host import host_lacks
 from tests.sandboxes import Runner, root_runner, rootless_runner
 
 
@@ -16,7 +17,7 @@ def root_sandbox() -> Runner:
 def rootless_sandbox():
     runner = rootless_runner()
     if isinstance(runner, str):
-        pytest.skip(runner)
+        host_lacks(runner)
     yield runner
     if runner.scratch is not None:
         shutil.rmtree(runner.scratch, ignore_errors=True)

@@ -25,6 +25,7 @@ import pytest
 from sandboxd.jail import cgroups
 from tests.escape.conftest import (DEFAULT_POLICY_TEXT, Listener, assert_killed_by_seccomp, job, settle, traces,
                                    write_policy)
+from tests.host import host_lacks
 from tests.sandboxes import Runner
 
 PY = "/usr/bin/python3"
@@ -60,7 +61,7 @@ def test_lm01_without_seccomp_the_host_keyring_is_read(root_sandbox: Runner, no_
     serial = libc.syscall(248, b"user", f"sandboxd-escape-lm-{canaries.name}".encode(), payload, len(payload),
                           ctypes.c_long(-3))
     if serial <= 0:
-        pytest.skip("cannot add a key to this host's session keyring")
+        host_lacks("cannot add a key to this host's session keyring")
     try:
         contained = job(root_sandbox, None, PY, "-c", READ_HOST_KEY, str(serial))
         assert_killed_by_seccomp(contained, "keyctl")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.escape.conftest import POLICIES, Canaries, job
+from tests.host import host_lacks
 from tests.sandboxes import REPO, Runner
 
 PY = "/usr/bin/python3"
@@ -187,7 +188,7 @@ def test_lk06_kernel_log(root_sandbox: Runner, canaries: Canaries) -> None:
         with open("/dev/kmsg", "w") as kmsg:
             kmsg.write(f"sandboxd escape suite {canaries.token}\n")
     except OSError:
-        pytest.skip("cannot write the host's kernel log")
+        host_lacks("cannot write the host's kernel log")
     outcome = job(root_sandbox, None, PY, "-c", KERNEL_LOG)
     assert canaries.token not in outcome.stdout
     assert outcome.stdout.startswith("syslog -1 1 "), outcome.stdout[:200]
@@ -215,5 +216,5 @@ def test_lk08_init_cmdline_names_no_host_path(root_sandbox: Runner) -> None:
     interpreter_dir = str(Path(root_sandbox.python).parent)
     bound_prefixes = ("/usr/", "/bin/", "/lib")
     if interpreter_dir.startswith(bound_prefixes):
-        pytest.skip("sandboxd runs from a path the job sees anyway")
+        host_lacks("sandboxd runs from a path the job sees anyway")
     assert interpreter_dir not in outcome.stdout and str(REPO) not in outcome.stdout, outcome.stdout

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.escape.conftest import POLICIES, assert_killed_by_seccomp, job, make_workdir, traces
+from tests.host import host_lacks
 from tests.sandboxes import Runner
 
 PY = "/usr/bin/python3"
@@ -54,7 +55,7 @@ def test_pv01_setuid_and_file_capability_binaries(sandbox: Runner, hostile: Path
         try:
             os.getxattr(hostile / "fcaps", "security.capability", follow_symlinks=False)
         except OSError:
-            pytest.skip("setcap is not available: fcaps has no file capabilities")
+            host_lacks("setcap is not available: fcaps has no file capabilities")
     victim = _root_owned_dir(sandbox)
     try:
         outcome = job(sandbox, hostile, f"/hostile/{binary}", "/victim/pwned",

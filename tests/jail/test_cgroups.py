@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from sandboxd.jail import cgroups
+from tests.host import host_lacks
 from tests.sandboxes import Runner
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="creating cgroups here needs root")
@@ -26,14 +27,14 @@ def _sleeper() -> subprocess.Popen:
 def _v1() -> cgroups.CgroupV1:
     backend = cgroups.detect()
     if not isinstance(backend, cgroups.CgroupV1):
-        pytest.skip(f"this host's cgroup backend is {type(backend).__name__}, not v1")
+        host_lacks(f"this host's cgroup backend is {type(backend).__name__}, not v1")
     return backend
 
 
 def _v2_unified() -> cgroups.CgroupV2:
     point = cgroups.unified_hierarchy()
     if point is None:
-        pytest.skip("no cgroup2 hierarchy is mounted")
+        host_lacks("no cgroup2 hierarchy is mounted")
     return cgroups.CgroupV2(point, base="sandboxd-test")
 
 
@@ -107,8 +108,9 @@ def test_v2_limits_need_controllers_the_hybrid_does_not_delegate() -> None:
     backend = _v2_unified()
     missing = {"memory", "pids", "cpu"} - backend.available
     if not missing:
-        pytest.skip("this cgroup2 hierarchy offers memory, pids and cpu: the limits are exercised "
-                    "by the v2 path of tests/supervise/test_limits.py")
+        host_lacks("needs a cgroup2 hierarchy without the memory, pids and cpu controllers (a hybrid "
+                   "host's); this one offers them, and the limits are exercised "
+                   "by the v2 path of tests/supervise/test_limits.py")
     with pytest.raises(cgroups.CgroupUnavailable, match="does not offer"):
         backend.create("refused", cgroups.CgroupLimits(memory_bytes=1 << 20, pids=4, cpus=1))
     # The gap, stated: on this hybrid host memory.max, pids.max, cpu.max, memory.peak and
@@ -120,7 +122,7 @@ def test_sweep_removes_what_a_dead_sandboxd_left(root_sandbox: Runner) -> None:
     """SIGKILL the sandboxd process mid-job; the next start leaves nothing behind."""
     backend = cgroups.detect()
     if backend is None:
-        pytest.skip("no writable cgroup hierarchy")
+        host_lacks("no writable cgroup hierarchy")
     marker = f"{time.time_ns() % 10_000_000}.25"
     mounts_before = Path("/proc/self/mountinfo").read_text()
     proc = subprocess.Popen([root_sandbox.python, "-m", "sandboxd", "run", "--memory-limit", "64M",
@@ -201,7 +203,7 @@ def test_rootless_uses_a_delegated_v2_subtree(rootless_sandbox: Runner, tmp_path
     a cgroup there: placement, accounting from cpu.stat, and the kill at the end."""
     point = cgroups.unified_hierarchy()
     if point is None or not shutil.which("setpriv"):
-        pytest.skip("needs a cgroup2 hierarchy and setpriv")
+        host_lacks("needs a cgroup2 hierarchy and setpriv")
     delegated = Path(point) / f"sandboxd-delegation-test-{os.getpid()}"
     delegated.mkdir()
     try:

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from sandboxd.jail import landlock as L
+from tests.host import host_lacks
 from tests.sandboxes import REPO, Outcome, Runner
 
 PY = "/usr/bin/python3"
@@ -329,7 +330,7 @@ def test_abstract_unix_socket_outside_the_domain_is_unreachable(sandbox: Runner)
     host daemon) that the job could otherwise reach.
     """
     if os.geteuid() != 0:
-        pytest.skip("entering the job's network namespace needs root on the host")
+        host_lacks("entering the job's network namespace needs root on the host")
     scoped, listener_out = _connect_from_job_to_host_listener(sandbox, None)
     assert scoped.result["verdict"] == "OK", (scoped.result, scoped.stderr)
     assert scoped.stdout.splitlines() == ["own ok", "outside EPERM"], (scoped.stdout, scoped.stderr)

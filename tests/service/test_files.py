@@ -34,6 +34,7 @@ from sandboxd.service.files import (
     validate_name,
     validate_pattern,
 )
+from tests.host import host_lacks
 
 SECRET = b"TOP-SECRET-host-canary-7f3a"
 IS_ROOT = os.geteuid() == 0
@@ -47,7 +48,7 @@ NOBODY = 65534
 def opener(request, monkeypatch) -> str:
     if request.param == "openat2":
         if not files.openat2_available():
-            pytest.skip("this kernel has no openat2(2)")
+            host_lacks("this kernel has no openat2(2)")
     else:
         monkeypatch.setitem(files._openat2_state, "missing", True)
         assert not files.openat2_available()
@@ -553,7 +554,7 @@ def test_device_nodes_refused_without_opening(workdir, opener):
         os.mknod(workdir / "zero", stat.S_IFCHR | 0o666, os.makedev(1, 5))  # /dev/zero: endless
         os.mknod(workdir / "blk", stat.S_IFBLK | 0o600, os.makedev(7, 0))
     except PermissionError:
-        pytest.skip("no CAP_MKNOD here")
+        host_lacks("no CAP_MKNOD here")
     results, elapsed = timed(copy_out, str(workdir), ["*"], timeout=5)
     assert results == [FileOut("blk", None, 0, "not a regular file: block device"),
                        FileOut("zero", None, 0, "not a regular file: character device")]
@@ -598,7 +599,7 @@ def test_mount_point_inside_workdir_is_not_crossed(workdir, opener):
     m = workdir / "m"
     m.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "none", str(m)], capture_output=True).returncode != 0:
-        pytest.skip("cannot mount here")
+        host_lacks("cannot mount here")
     try:
         (m / "f").write_bytes(b"other fs")
         assert copy_out(str(workdir), ["**"]) == [

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from sandboxd.service.openapi import openapi_document
+from tests.host import host_lacks
 from tests.service.conftest import REPO
 
 
@@ -37,7 +38,7 @@ async def test_schemathesis_finds_nothing(service, tmp_path):
     pytest.importorskip("schemathesis")
     st = shutil.which("st", path=str(REPO / ".venv" / "bin")) or shutil.which("st")
     if st is None:
-        pytest.skip("schemathesis CLI not found")
+        host_lacks("schemathesis CLI not found")
     svc = await service(default_wall_time_s=5.0, slots=2)
     token = svc.token("fuzz", max_queued=10_000)
     # Excluded checks, by design: positive_data_acceptance (policy names are files on the host,

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from sandboxd.jail import cgroups
+from tests.host import host_lacks
 from tests.sandboxes import Runner
 
 PY = "/usr/bin/python3"
@@ -192,7 +193,7 @@ def test_limits_from_the_request_only_narrow(sandbox: Runner) -> None:
 
 def test_rootless_on_v1_refuses_a_required_cgroup_limit(rootless_sandbox: Runner) -> None:
     if cgroups.detect() is not None and cgroups.detect().version == "v2":
-        pytest.skip("this host has cgroup v2; the refusal is for hosts without a usable hierarchy")
+        host_lacks("needs a cgroup v1 host (rootless sandboxd has no usable hierarchy there); this one has v2")
     outcome = run(rootless_sandbox, "--memory-limit", "64M", "--", "/bin/true")
     assert outcome.returncode == 125
     assert outcome.result["verdict"] == "SETUP_ERROR"
