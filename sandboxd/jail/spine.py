@@ -50,7 +50,7 @@ from sandboxd.jail import caps, fds, identity, idmap, init, landlock, mounts, ne
 from sandboxd.jail import report, rlimits, seccomp, userns
 from sandboxd.jail import syscalls as sc
 from sandboxd.jail.failure import SetupFailure
-from sandboxd.jail.plan import JailTemplate, JobLimits, JobSpec, Rlimit
+from sandboxd.jail.plan import JailTemplate, JobLimits, JobSpec, Rlimit, SeccompPlan
 
 NAMESPACE_FLAGS = (sc.CLONE_NEWUSER | sc.CLONE_NEWPID | sc.CLONE_NEWNS | sc.CLONE_NEWNET
                    | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS)
@@ -161,21 +161,47 @@ def _prepare_filter(ctx: ChildContext) -> None:
 
 def _landlock(ctx: ChildContext) -> None:
     if ctx.ruleset is None:
-        ctx.applied["landlock"] = {"enforced": False, "mode": ctx.template.landlock_mode}
+        ctx.applied["landlock"] = landlock_applied(ctx.template, False)
         return
-    plan = ctx.ruleset.plan
     try:
         landlock.add_later(ctx.ruleset, (ctx.template.work_path,))  # its mount exists now
         applied = landlock.enforce(ctx.ruleset)
     except OSError as exc:
         raise SetupFailure(f"Landlock: {exc}", exc.errno or 0) from None
-    ctx.applied["landlock"] = {
-        "mode": ctx.template.landlock_mode,
-        "enforced": applied.enforced,
-        "abi": applied.abi,
-        "rights": plan.describe(),
-        "dropped": list(plan.dropped),
-    }
+    ctx.applied["landlock"] = landlock_applied(ctx.template, applied.enforced)
+
+
+_LANDLOCK_SUMMARIES: dict[str, dict[str, Any]] = {}
+
+
+def landlock_applied(template: JailTemplate, enforced: bool) -> dict[str, Any]:
+    """The result's Landlock layer; the plan's part is described once per template."""
+    if template.landlock is None:
+        return {"enforced": False, "mode": template.landlock_mode}
+    summary = _LANDLOCK_SUMMARIES.get(template.policy_hash)
+    if summary is None:
+        plan = landlock.LandlockPlan.from_dict(template.landlock)
+        summary = {"mode": template.landlock_mode, "abi": plan.abi, "rights": plan.describe(),
+                   "dropped": list(plan.dropped)}
+        if len(_LANDLOCK_SUMMARIES) > 256:
+            _LANDLOCK_SUMMARIES.clear()
+        _LANDLOCK_SUMMARIES[template.policy_hash] = summary
+    return dict(summary, enforced=enforced)
+
+
+def seccomp_applied(plan: SeccompPlan | None, enforced: bool) -> dict[str, Any]:
+    """The result's seccomp layer."""
+    if plan is None or not enforced:
+        return {"enforced": False}
+    return {"enforced": True, "mode": plan.mode, "profile": plan.profile, "profile_hash": plan.profile_hash,
+            "kills_named": plan.listener, "errno_denials_observable": False}
+
+
+def job_environment(template: JailTemplate, job: JobSpec) -> dict[str, str]:
+    """The job's environment: the policy's, then the request's on top."""
+    env = dict(template.env)
+    env.update(job.env)
+    return env
 
 
 # The init holds no capability and cannot gain one, and runs only sandboxd's code. It stays
@@ -243,7 +269,7 @@ _RESETTABLE_SIGNALS = tuple(s for s in signal.valid_signals()
 def _seccomp(ctx: ChildContext) -> None:
     plan = ctx.template.seccomp
     if plan is None:
-        ctx.applied["seccomp"] = {"enforced": False}
+        ctx.applied["seccomp"] = seccomp_applied(None, False)
         return
     try:
         if plan.listener:
@@ -260,9 +286,7 @@ def _seccomp(ctx: ChildContext) -> None:
             ctx.filter.load()
     except OSError as exc:
         raise SetupFailure(f"seccomp: {exc.strerror}", exc.errno or 0) from None
-    ctx.applied["seccomp"] = {"enforced": True, "mode": plan.mode, "profile": plan.profile,
-                              "profile_hash": plan.profile_hash, "kills_named": plan.listener,
-                              "errno_denials_observable": False}
+    ctx.applied["seccomp"] = seccomp_applied(plan, True)
 
 
 RUNNER_NAME = "sandboxd-init"
@@ -348,10 +372,8 @@ def run_sandbox(ctx: ChildContext) -> NoReturn:
         report.write_frame(ctx.report_fd, "ready", {
             "applied": ctx.applied, "readback": readback.read_self(), "namespaces": _namespace_ids(),
         })
-        env = dict(ctx.template.env)
-        env.update(job.env)
         try:
-            os.execvpe(job.argv[0], list(job.argv), env)
+            os.execvpe(job.argv[0], list(job.argv), job_environment(ctx.template, job))
         except OSError as exc:
             code = EXIT_NOT_FOUND if exc.errno == 2 else EXIT_CANNOT_EXECUTE
             _fail(ctx.report_fd, "exec", f"{job.argv[0]}: {exc.strerror}", exc.errno or 0, code)
@@ -445,7 +467,28 @@ def _hex(text: str) -> str:
 
 def native_config(template: JailTemplate, *, job_fd: int, report_fd: int, status_fd: int, sync_fd: int,
                   bpf_fd: int, sources: dict[str, mounts.Source] | None, early_workdir: str | None) -> bytes:
-    """The compiled runner's configuration: ``key=value`` lines, paths in hex (stage.c)."""
+    """The compiled runner's configuration: ``key=value`` lines, paths in hex (stage.c).
+
+    All but the fds is the same for every sandbox of a template: it is built once."""
+    rootless = sources is None
+    key = (template.policy_hash, rootless, early_workdir)
+    static = _STATIC_CONFIGS.get(key)
+    if static is None:
+        if len(_STATIC_CONFIGS) > 256:  # rootless early work dirs vary per job: stay bounded
+            _STATIC_CONFIGS.clear()
+        static = _STATIC_CONFIGS[key] = _static_config(template, rootless, early_workdir)
+    lines: list[tuple[str, Any]] = [("job_fd", job_fd), ("report_fd", report_fd), ("status_fd", status_fd),
+                                    ("sync_fd", sync_fd), ("bpf_fd", bpf_fd)]
+    if sources is not None:  # the i-th mount's detached source tree
+        lines += [("srcfd", f"{index},{sources[op.dest].fd}") for index, op in enumerate(template.mounts)
+                  if op.kind == "bind"]
+    return static + "".join(f"{name}={value}\n" for name, value in lines).encode()
+
+
+_STATIC_CONFIGS: dict[tuple[str, bool, str | None], bytes] = {}
+
+
+def _static_config(template: JailTemplate, rootless: bool, early_workdir: str | None) -> bytes:
     plan = template.seccomp
     ll = landlock.LandlockPlan.from_dict(template.landlock) if template.landlock is not None else None
     later = 0
@@ -454,9 +497,8 @@ def native_config(template: JailTemplate, *, job_fd: int, report_fd: int, status
             if rule.path == template.work_path:
                 later |= rule.access & ll.handled_fs
     lines: list[tuple[str, Any]] = [
-        ("build", 1), ("clone_flags", NAMESPACE_FLAGS),
-        ("job_fd", job_fd), ("report_fd", report_fd), ("status_fd", status_fd), ("sync_fd", sync_fd),
-        ("bpf_fd", bpf_fd), ("rootless", int(sources is None)),
+        ("clone_flags", NAMESPACE_FLAGS), ("rootless", int(rootless)),
+        ("securebits", caps.LOCKED_SECUREBITS),
         ("hostname", _hex(template.hostname)), ("loopback", int(template.network == "loopback")),
         ("tmp_size", template.tmp_size), ("shm_size", template.shm_size),
         ("work_path", _hex(template.work_path)), ("work_size", template.work_size),
@@ -474,9 +516,8 @@ def native_config(template: JailTemplate, *, job_fd: int, report_fd: int, status
     for op in template.mounts:
         if op.kind not in kinds:
             raise SetupFailure(f"unknown mount kind {op.kind!r}")
-        fd = sources[op.dest].fd if (sources is not None and op.kind == "bind") else -1
         lines.append(("mount", f"{kinds[op.kind]},{_hex(op.dest)},{_hex(op.source)},{int(op.writable)},"
-                               f"{int(op.optional)},{op.size},{fd}"))
+                               f"{int(op.optional)},{op.size},-1"))
     lines += [("mask", f"f:{name}") for name in mounts.PROC_HIDDEN_FILES]
     lines += [("mask", f"d:{name}") for name in mounts.PROC_HIDDEN_DIRS]
     lines += [("mask", f"r:{name}") for name in mounts.PROC_READ_ONLY]
@@ -489,7 +530,7 @@ def native_config(template: JailTemplate, *, job_fd: int, report_fd: int, status
                   ("ll_file_mask", landlock.ACCESS_FILE), ("restrict_flags", ll.restrict_flags)]
         lines += [("llfs", f"{rule.access},{_hex(rule.path)}") for rule in ll.fs_rules]
         lines += [("llnet", f"{rule.access},{rule.port}") for rule in ll.net_rules]
-    return "".join(f"{key}={value}\n" for key, value in lines).encode()
+    return "".join(f"{name}={value}\n" for name, value in lines).encode()
 
 
 _ALL_SIGNALS = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
@@ -558,6 +599,8 @@ def adopt(sandbox: Sandbox, pid: int) -> None:
     sandbox.pid = pid
     sandbox.state = "preparing"
     try:
+        # The spawner grants the ids (its lease) and the cgroup, as for a Python-built sandbox;
+        # before the release, so the sandbox never runs unmapped or uncounted.
         userns.write_id_maps(pid, sandbox.lease.mapping)
         if sandbox.place_in_cgroup is not None:
             sandbox.place_in_cgroup(pid)
@@ -632,8 +675,7 @@ def native_job_message(template: JailTemplate, job: JobSpec, work_tree: bool) ->
     What execve could never take (a NUL byte, an unencodable name, '=' in a variable's
     name) is found here and sent as the exec stage's error, worded as os.execvpe words it.
     """
-    env = dict(template.env)
-    env.update(job.env)
+    env = job_environment(template, job)
     records: list[bytes] = []
     problem = None
     try:
@@ -662,39 +704,14 @@ def native_job_message(template: JailTemplate, job: JobSpec, work_tree: bool) ->
     return b"\0".join(records) + b"\0"
 
 
-_LANDLOCK_SUMMARIES: dict[str, dict[str, Any]] = {}
-
-
-def _landlock_summary(template: JailTemplate) -> dict[str, Any]:
-    """The plan's side of the Landlock report, once per template (it is the same every job)."""
-    summary = _LANDLOCK_SUMMARIES.get(template.policy_hash)
-    if summary is None:
-        plan = landlock.LandlockPlan.from_dict(template.landlock or {})
-        summary = {"mode": template.landlock_mode, "abi": plan.abi, "rights": plan.describe(),
-                   "dropped": list(plan.dropped)}
-        if len(_LANDLOCK_SUMMARIES) > 256:
-            _LANDLOCK_SUMMARIES.clear()
-        _LANDLOCK_SUMMARIES[template.policy_hash] = summary
-    return summary
-
-
 def native_ready(sandbox: Sandbox, frame: dict[str, Any]) -> dict[str, Any]:
     """The compiled runner's "ready" frame in the shape the Python stages write it."""
     template, native = sandbox.template, frame.get("native") or {}
     applied: dict[str, Any] = dict(sandbox.prepared.get("applied") or {})
     applied["work"] = native.get("work")
     applied["rlimits"] = native.get("rlimits", {})
-    if template.landlock is None:
-        applied["landlock"] = {"enforced": False, "mode": template.landlock_mode}
-    else:
-        applied["landlock"] = dict(_landlock_summary(template), enforced=bool(native.get("landlock")))
-    plan_s = template.seccomp
-    if plan_s is None or not native.get("seccomp"):
-        applied["seccomp"] = {"enforced": False}
-    else:
-        applied["seccomp"] = {"enforced": True, "mode": plan_s.mode, "profile": plan_s.profile,
-                              "profile_hash": plan_s.profile_hash, "kills_named": plan_s.listener,
-                              "errno_denials_observable": False}
+    applied["landlock"] = landlock_applied(template, bool(native.get("landlock")))
+    applied["seccomp"] = seccomp_applied(template.seccomp, bool(native.get("seccomp")))
     applied["stage_ms"] = {"prepare": sandbox.prepared.get("stage_ms", {}), "job": native.get("stage_ms", {})}
     applied["runner"] = "native"
     return {"kind": "ready", "applied": applied, "readback": readback.parse(frame.get("raw") or {}),

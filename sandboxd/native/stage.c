@@ -1,22 +1,25 @@
 /*
- * sandboxd-stage: the last stretch of a sandbox, compiled — its init and its program-to-be.
+ * sandboxd-stage: a sandbox built and run in compiled code — its helper, its init and its
+ * program-to-be.
  *
- * Why native: every sandbox used to be two forks of the ~17 MiB Python spawner, and the
- * job's critical path (job message → execve) ran as interpreted stage code. The Python
- * child still builds the sandbox (namespaces, mounts, pivot_root, hostname, network,
- * session, the Landlock ruleset: sandboxd/jail/spine.py), then execs this program as
- * PID 1 of the sandbox, with every fd it needs and a configuration in a memfd. The order of
- * stages is the same as the Python runner's (spine.py's WAIT_STAGES and JOB_STAGES) and the
- * frames it writes carry the same facts; the spawner turns them into the same result.
+ * Why native: every sandbox used to be two forks of the ~17 MiB Python spawner running
+ * interpreted stage code, on the job's critical path too. The spawner now posix_spawns this
+ * program (its memory is never copied) with the fds it needs and a configuration in a memfd
+ * (sandboxd/jail/spine.py: native_config). The stages are the Python runner's, in its order
+ * (spine.py's PREPARE_STAGES, WAIT_STAGES, JOB_STAGES), and the frames carry the same facts;
+ * the spawner turns them into the same result.
  *
- *   PID 1 (init): fork the program-to-be → capabilities → no_new_privs + death signal →
- *       take the seccomp listener → reap until the program ends → "exit" frame.
+ *   helper: clone the sandbox as the spawner's child (CLONE_PARENT), say its pid, exit.
+ *   PID 1, once the spawner mapped its ids and placed its cgroup: identity → cgroupns →
+ *       mounts and pivot_root → hostname → network → session → Landlock ruleset → fork;
+ *       then as the init: capabilities → no_new_privs + death signal → take the seccomp
+ *       listener → reap until the program ends → "exit" frame.
  *   PID 2 (program): signals → capability bounds → "warm" frame → wait for the job →
  *       work directory → rlimits → session → capabilities → no_new_privs + death signal
  *       → Landlock → stdio/fds → seccomp → "ready" frame → execve.
  *
  * Frames: a 4-byte big-endian length, then a JSON object (sandboxd/jail/report.py).
- * The job message (sandboxd/jail/native_job.py): records of one tag byte, bytes, NUL.
+ * The job message (spine.py: native_job_message): records of one tag byte, bytes, NUL.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -53,7 +56,6 @@
 #define MAX_LIST 512
 
 /* Kernel interfaces, spelled out so the build does not depend on the headers' age. */
-#define SECBITS_LOCKED 0xEF /* NOROOT, NO_SETUID_FIXUP, KEEP_CAPS_LOCKED, NO_CAP_AMBIENT_RAISE, all locked */
 #define SECCOMP_SET_MODE_FILTER_ 1
 #define SECCOMP_FILTER_FLAG_NEW_LISTENER_ (1UL << 3)
 #define SECCOMP_IOCTL_NOTIF_RECV_ 0xC0502100UL
@@ -122,9 +124,9 @@ struct config {
     unsigned long long work_size;
     int early_work;
     char sized[32][4096]; int n_sized;
-    /* Building the sandbox natively (build=1): we start in the host's namespaces. */
-    int build;
+    /* Building the sandbox: we start in the host's namespaces. */
     unsigned long clone_flags;
+    unsigned long securebits; /* sandboxd.jail.caps.LOCKED_SECUREBITS */
     char hostname[256];
     int loopback, rootless;
     unsigned long long tmp_size, shm_size;
@@ -326,7 +328,6 @@ static void read_config(int fd) {
         else if (!strcmp(k, "report_fd")) cfg.report_fd = atoi(v);
         else if (!strcmp(k, "status_fd")) cfg.status_fd = atoi(v);
         else if (!strcmp(k, "sync_fd")) cfg.sync_fd = atoi(v);
-        else if (!strcmp(k, "ruleset_fd")) cfg.ruleset_fd = atoi(v);
         else if (!strcmp(k, "bpf_fd")) cfg.bpf_fd = atoi(v);
         else if (!strcmp(k, "later_access")) cfg.later_access = strtoull(v, NULL, 10);
         else if (!strcmp(k, "later_file_access")) cfg.later_file_access = strtoull(v, NULL, 10);
@@ -342,8 +343,13 @@ static void read_config(int fd) {
         else if (!strcmp(k, "early_work")) cfg.early_work = atoi(v);
         else if (!strcmp(k, "sized") && cfg.n_sized < 32)
             unhex(v, cfg.sized[cfg.n_sized++], sizeof cfg.sized[0]);
-        else if (!strcmp(k, "build")) cfg.build = atoi(v);
         else if (!strcmp(k, "clone_flags")) cfg.clone_flags = strtoul(v, NULL, 10);
+        else if (!strcmp(k, "securebits")) cfg.securebits = strtoul(v, NULL, 10);
+        else if (!strcmp(k, "srcfd")) { /* the index-th mount's detached source tree */
+            int index = atoi(v);
+            const char *comma = strchr(v, ',');
+            if (comma && index >= 0 && index < cfg.n_mounts) cfg.mounts[index].fd = atoi(comma + 1);
+        }
         else if (!strcmp(k, "hostname")) unhex(v, cfg.hostname, sizeof cfg.hostname);
         else if (!strcmp(k, "loopback")) cfg.loopback = atoi(v);
         else if (!strcmp(k, "rootless")) cfg.rootless = atoi(v);
@@ -416,7 +422,7 @@ static int cap_last_cap(void) {
 
 static void lock_down(void) {
     /* uid 0 of the namespace must never regain capabilities on execve: root semantics off. */
-    if (prctl(PR_SET_SECUREBITS, SECBITS_LOCKED, 0, 0, 0) < 0) FAIL_ERRNO("lock capabilities down");
+    if (prctl(PR_SET_SECUREBITS, cfg.securebits, 0, 0, 0) < 0) FAIL_ERRNO("lock capabilities down");
     int last = cap_last_cap();
     /* Emptying the bounding set needs CAP_SETPCAP, which we still hold: before capset. */
     for (int cap = 0; cap <= last; cap++)
@@ -477,6 +483,8 @@ static int take_listener(int handoff, int program) {
         got += (size_t)r;
     }
     int pidfd = (int)syscall(SYS_pidfd_open, program, 0);
+    /* Copy the program's listener into our table: only we, outside its Landlock domain and
+     * non-dumpable, may answer (and kill for) its filter. */
     int listener = pidfd < 0 ? -1 : (int)syscall(SYS_pidfd_getfd, pidfd, number, 0);
     if (pidfd >= 0) close(pidfd);
     /* Fail closed: the program refuses to run without a listener in our hands. */
@@ -566,6 +574,7 @@ static void __attribute__((noreturn)) become_init(int program, int handoff) {
             if (i == n_denied && n_denied < 64) denied[n_denied++] = (typeof(denied[0])){n.arch, n.nr, 0};
             if (i < 64) denied[i].count++;
             struct notif_resp_ r = {n.id, 0, -EPERM, 0};
+            /* The profile's own NOTIFY rules: the call is refused, never run on its behalf. */
             ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND_, &r);
         } else if (listener >= 0 && (p[1].revents & (POLLHUP | POLLERR))) {
             close(listener);
@@ -651,6 +660,9 @@ static void receive_job(struct job *job) {
     if (job->argc == 0) fail(EXIT_SETUP_FAILED, 0, "the job has no argv");
 }
 
+static void tmpfs(const char *target, unsigned long long size, const char *mode, const char *what,
+                  unsigned long flags);
+
 static const char *attach_work(struct job *job) {
     const char *kind;
     if (job->tree >= 0) {
@@ -662,13 +674,9 @@ static const char *attach_work(struct job *job) {
     } else if (cfg.early_work) {
         kind = "bind";
     } else {
-        unsigned long long size = cfg.work_size < 4096 ? 4096 : cfg.work_size;
-        unsigned long long inodes = size / 4096 < 1024 ? 1024 : size / 4096;
-        char data[128];
-        snprintf(data, sizeof data, "mode=0755,size=%llu,nr_inodes=%llu", size, inodes);
-        /* A fresh, sized and inode-capped tmpfs in our mount namespace for this job alone. */
-        if (mount("tmpfs", cfg.work_path, "tmpfs", MS_NOSUID | MS_NODEV, data) < 0)
-            FAIL_ERRNO("mount tmpfs on %s", cfg.work_path);
+        char what[4200];
+        snprintf(what, sizeof what, "mount tmpfs on %s", cfg.work_path);
+        tmpfs(cfg.work_path, cfg.work_size, "0755", what, 0); /* this job's alone */
         kind = "tmpfs";
     }
     if (chdir(cfg.work_path) < 0) FAIL_ERRNO("chdir %s", cfg.work_path);
@@ -735,6 +743,7 @@ static void install_stdio(struct job *job) {
 /* Load the filter; with a listener, tell the init its number and return it (-1 without):
  * the init copies it while we write our report, and ``finish_handoff`` waits for that. */
 static int load_seccomp(struct sock_fprog_ *prog, int handoff) {
+    /* Last of the job's stages: nothing after it needs a call the filter may refuse. */
     if (!cfg.listener) {
         if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER_, 0, prog) < 0)
             fail(EXIT_SETUP_FAILED, errno, "seccomp: %s", strerror(errno));
@@ -895,7 +904,7 @@ static void __attribute__((noreturn)) run_program(int handoff) {
 }
 
 
-/* --- building the sandbox (build=1) — the order of sandboxd.jail.spine's PREPARE_STAGES ---------- */
+/* --- building the sandbox — the order of sandboxd.jail.spine's PREPARE_STAGES ---------------------- */
 
 #define BASE "/tmp"
 
@@ -1191,10 +1200,8 @@ int main(int argc, char **argv) {
     }
     read_config(atoi(argv[1]));
     report_fd = cfg.report_fd;
-    if (cfg.build) {
-        clone_sandbox();
-        prepare_stages();
-    }
+    clone_sandbox();
+    prepare_stages();
     stage = "init";
     int pair[2] = {-1, -1};
     if (cfg.listener && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0)

@@ -267,9 +267,10 @@ class Spawner:
         ended = spine.read_report(sandbox)
         if sandbox.state == "spawning":
             if ended or sandbox.frames:
+                # Its frames (prepared, warm) follow only once adopted and released; if it
+                # dies instead, its pidfd says so and _reap fails it.
                 self._adopt(entry)
-            if sandbox.state == "spawning" or not (ended or sandbox.frames):
-                return
+            return
         error = next((f for f in sandbox.frames if f.get("kind") == "error"), None)
         if sandbox.state == "preparing":
             if any(f.get("kind") == "warm" for f in sandbox.frames) and error is None:
